@@ -1,0 +1,140 @@
+"""The Python API.
+
+    from specdec.main import SpeculativeDecoder
+    decoder = SpeculativeDecoder(approx_model_name="Qwen/Qwen2.5-Coder-0.5B-Instruct",
+                                 target_model_name="Qwen/Qwen2.5-Coder-1.5B-Instruct",
+                                 gamma=4, max_tokens=20, device="cuda")
+    output = decoder.speculative_sample("Tell me a fun fact about space.")
+
+Models load once, in the constructor; every call reuses them.
+"""
+
+from __future__ import annotations
+
+from .devices import resolve_device
+from .drafters import DraftLengthPolicy, Drafter, ModelDraft, NgramDraft
+from .engine import Engine, GenerationConfig, GenerationResult
+from .errors import UsageError
+from .models import LoadedModel, check_same_tokenizer, eos_token_ids, load_model
+from .sampling import SamplingParams
+
+DRAFTERS = ("model", "ngram")
+
+
+class SpeculativeDecoder:
+    """A target model and a drafter, loaded once, that generate text speculatively or not.
+
+    approx_model_name: the draft model (hub id, folder, .gguf file, or a loaded model);
+        not needed with ``drafter="ngram"``.
+    target_model_name: the target model, in the same forms.
+    gamma: draft tokens per verification step (>= 1).
+    max_tokens: new tokens per generation (>= 1).
+    device: cpu, cuda, cuda:N, mps or auto; CUDA asked for on a machine without it warns once
+        and runs on CPU.
+    temperature: 0 means greedy; top_k (0 = off) and top_p (1.0 = off) warp target and draft
+        identically.
+    seed: seeds each generation once (same prompt, same output); None draws afresh each call.
+    dtype: auto, float32, bfloat16 or float16.
+    drafter: "model" (the draft model) or "ngram" (prompt lookup, no draft model).
+    draft_schedule: "constant" (always gamma) or "adaptive" (length follows acceptance, and
+        the draft stops when its confidence drops below ``confidence_threshold``).
+    tokenizer / draft_tokenizer: needed when passing model objects instead of names.
+    stop_strings: generation stops when the text contains one of these.
+    """
+
+    def __init__(
+        self,
+        approx_model_name=None,
+        target_model_name=None,
+        gamma: int = 4,
+        max_tokens: int = 50,
+        device: str = "auto",
+        temperature: float = 1.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+        dtype: str = "auto",
+        drafter: str = "model",
+        draft_schedule: str = "constant",
+        confidence_threshold: float = 0.4,
+        ngram_max: int = 3,
+        ngram_min: int = 1,
+        tokenizer=None,
+        draft_tokenizer=None,
+        stop_strings=(),
+        log=None,
+    ) -> None:
+        if target_model_name is None:
+            raise UsageError("no target model: pass target_model_name (a hub id, folder, .gguf file or model)")
+        if drafter not in DRAFTERS:
+            raise UsageError(f"unknown drafter {drafter!r}: use one of {', '.join(DRAFTERS)}")
+        if drafter == "model" and approx_model_name is None:
+            raise UsageError("drafter='model' needs approx_model_name (the draft model), or use drafter='ngram'")
+        self.config = GenerationConfig(
+            max_new_tokens=max_tokens,
+            sampling=SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p),
+            gamma=gamma,
+            seed=seed,
+            stop_strings=tuple(stop_strings),
+        )
+        self.config.validate()
+        self.device = resolve_device(device)
+        self.target: LoadedModel = load_model(target_model_name, self.device, dtype, tokenizer, log)
+        self.draft: LoadedModel | None = None
+        self.drafter: Drafter
+        if drafter == "model":
+            self.draft = load_model(approx_model_name, self.device, dtype, draft_tokenizer or tokenizer, log)
+            check_same_tokenizer(self.target.tokenizer, self.draft.tokenizer, self.target.source, self.draft.source)
+            policy = DraftLengthPolicy(draft_schedule, confidence_threshold)
+            self.drafter = ModelDraft(self.draft.model, self.engine_vocab_size(), policy)
+        else:
+            self.drafter = NgramDraft(max_ngram=ngram_max, min_ngram=ngram_min)
+        self.engine = Engine(
+            self.target.model, self.target.tokenizer, self.device, eos_token_ids(self.target.model, self.target.tokenizer)
+        )
+
+    def engine_vocab_size(self) -> int:
+        return self.target.model.get_output_embeddings().weight.shape[0]
+
+    @property
+    def tokenizer(self):
+        return self.target.tokenizer
+
+    def encode(self, text: str, chat: bool = False) -> list[int]:
+        """Token ids of ``text``; with ``chat`` the tokenizer's chat template wraps it as a
+        user turn (when the tokenizer has one)."""
+        tokenizer = self.target.tokenizer
+        if chat and getattr(tokenizer, "chat_template", None):
+            rendered = tokenizer.apply_chat_template(
+                [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
+            )
+            return tokenizer(rendered, add_special_tokens=False)["input_ids"]
+        return tokenizer(text)["input_ids"]
+
+    def generate(self, text: str, speculative: bool = True, chat: bool = False, **overrides) -> GenerationResult:
+        """Generate from ``text``; returns text, new token ids and the statistics.
+
+        ``overrides`` replace fields of the decoder's generation settings for this call only
+        (max_new_tokens, gamma, seed, stop_strings, ignore_eos, sampling).
+        """
+        config = self._config_with(overrides)
+        prompt_ids = self.encode(text, chat=chat)
+        return self.engine.generate(prompt_ids, config, self.drafter if speculative else None)
+
+    def speculative_sample(self, text: str, **overrides) -> str:
+        """Speculative decoding of ``text``; returns the generated text."""
+        return self.generate(text, speculative=True, **overrides).text
+
+    def autoregressive_sample(self, text: str, **overrides) -> str:
+        """The baseline: ordinary KV-cached decoding with the target alone; returns the text."""
+        return self.generate(text, speculative=False, **overrides).text
+
+    def _config_with(self, overrides: dict) -> GenerationConfig:
+        if not overrides:
+            return self.config
+        from dataclasses import replace
+
+        unknown = set(overrides) - set(GenerationConfig.__dataclass_fields__)
+        if unknown:
+            raise UsageError(f"unknown generation setting(s): {', '.join(sorted(unknown))}")
+        return replace(self.config, **overrides)

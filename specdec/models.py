@@ -1,0 +1,183 @@
+"""Loading target and draft models: hub ids, local folders, ``.gguf`` files, or models already
+in memory; dtype and device placement; the shared-tokenizer check; offline errors."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .errors import UsageError
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class LoadedModel:
+    """A model ready to generate.
+
+    model: the causal LM, on its device, in eval mode.
+    tokenizer: its tokenizer.
+    source: what the user named (id, folder, file) or "<in-memory model>".
+    load_seconds: wall time of the load (0 for a model passed in).
+    note: what happened on the way that the user should know (e.g. GGUF dequantization).
+    """
+
+    model: torch.nn.Module
+    tokenizer: object
+    source: str
+    load_seconds: float = 0.0
+    note: str | None = None
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+
+def resolve_dtype(name: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    """``auto`` picks bfloat16 on CUDA with bf16 support, float16 on other GPUs, and float32
+    on CPU (measured faster than bf16 for decoding on the 2-core CPU we benchmark on; see the
+    README's speed section)."""
+    if isinstance(name, torch.dtype):
+        return name
+    text = (name or "auto").lower()
+    if text in DTYPES:
+        return DTYPES[text]
+    if text in ("fp32", "fp16", "bf16"):
+        return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[text]
+    if text != "auto":
+        raise UsageError(f"unknown dtype {name!r}: use auto, float32, bfloat16 or float16")
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "mps":
+        return torch.float16
+    return torch.float32
+
+
+def load_model(source, device: torch.device, dtype="auto", tokenizer=None, log=None) -> LoadedModel:
+    """Load ``source`` (hub id, local folder, ``.gguf`` file, or a transformers model object).
+
+    A model object is used as it is (moved to ``device`` only if it is elsewhere); pass its
+    ``tokenizer``. Errors the user can fix (missing path, offline hub, bad dtype) raise
+    :class:`UsageError` with one line naming the fix.
+    """
+    log = log or (lambda message: None)
+    if isinstance(source, torch.nn.Module):
+        if tokenizer is None:
+            raise UsageError("a model object was passed without its tokenizer: pass tokenizer=...")
+        model = source
+        if next(model.parameters()).device != device:
+            model = model.to(device)
+        return LoadedModel(model.eval(), tokenizer, "<in-memory model>")
+    if not isinstance(source, (str, os.PathLike)):
+        raise UsageError(f"a model must be a hub id, a folder, a .gguf file or a loaded model, got {type(source).__name__}")
+    torch_dtype = resolve_dtype(dtype, device)
+    text = os.fspath(source)
+    path = Path(text).expanduser()
+    started = time.perf_counter()
+    note = None
+    if text.lower().endswith(".gguf"):
+        if not path.is_file():
+            raise UsageError(f"no such GGUF file: {text}")
+        log(f"loading {path.name}: transformers dequantizes GGUF weights to {_dtype_name(torch_dtype)}, this takes a while ...")
+        model, tok = _from_pretrained(str(path.parent), torch_dtype, tokenizer, gguf_file=path.name)
+        note = f"dequantized GGUF {path.name} to {_dtype_name(torch_dtype)} in {time.perf_counter() - started:.1f} s"
+    elif path.is_dir():
+        if not (path / "config.json").is_file():
+            raise UsageError(f"{text} is a folder but has no config.json: point at a Hugging Face model folder")
+        model, tok = _from_pretrained(str(path), torch_dtype, tokenizer)
+    elif _looks_like_path(text):
+        raise UsageError(f"no such model folder or file: {text}")
+    else:
+        model, tok = _from_hub(text, torch_dtype, tokenizer)
+    model = model.to(device).eval()
+    seconds = time.perf_counter() - started
+    if note:
+        log(note)
+    return LoadedModel(model, tok, text, seconds, note)
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def _looks_like_path(text: str) -> bool:
+    return text.startswith((".", "/", "~")) or os.sep in text and text.count("/") != 1 or text.endswith((".safetensors", ".bin", ".pt"))
+
+
+def _from_pretrained(location: str, dtype: torch.dtype, tokenizer, **kwargs):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    # Keep load-time chatter (progress bars, notes) off the console: our table is the output.
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        tok = tokenizer if tokenizer is not None else AutoTokenizer.from_pretrained(location, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(location, dtype=dtype, **kwargs)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        hf_logging.enable_progress_bar()
+    return model, tok
+
+
+def _from_hub(model_id: str, dtype: torch.dtype, tokenizer):
+    """Load from the hub (or its local cache), turning connection and not-found failures into
+    one clear line."""
+    try:
+        return _from_pretrained(model_id, dtype, tokenizer)
+    except (OSError, ValueError) as error:
+        offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
+        reason = "the model hub is switched off (HF_HUB_OFFLINE)" if offline else "the model hub cannot be reached (offline?) or the id is wrong"
+        raise UsageError(
+            f"cannot load model {model_id!r}: {reason} and it is not in the local cache; "
+            f"pass a local folder or .gguf file instead, e.g. --big_model ../shared/models/stories260K"
+        ) from error
+
+
+def check_same_tokenizer(target_tokenizer, draft_tokenizer, target_name: str = "target", draft_name: str = "draft") -> None:
+    """Refuse a draft whose tokenizer differs from the target's (same vocabulary, same ids).
+
+    Speculative decoding compares token ids, so a draft that spells tokens differently would
+    be verified against the wrong tokens. The error names the first differences.
+    """
+    if target_tokenizer is draft_tokenizer:
+        return
+    target_vocab = target_tokenizer.get_vocab()
+    draft_vocab = draft_tokenizer.get_vocab()
+    if target_vocab == draft_vocab:
+        return
+    differences = []
+    if len(target_vocab) != len(draft_vocab):
+        differences.append(f"vocabulary sizes {len(target_vocab)} (target) vs {len(draft_vocab)} (draft)")
+    examples = []
+    for token, token_id in target_vocab.items():
+        other = draft_vocab.get(token)
+        if other != token_id:
+            examples.append(f"{token!r} is id {token_id} in the target, {'absent' if other is None else f'id {other}'} in the draft")
+            if len(examples) == 2:
+                break
+    if not examples:
+        extra = next(iter(set(draft_vocab) - set(target_vocab)))
+        examples.append(f"{extra!r} exists only in the draft")
+    differences.extend(examples)
+    raise UsageError(
+        f"draft {draft_name} and target {target_name} do not share a tokenizer ({'; '.join(differences)}); "
+        "pick a draft of the same model family, or use --drafter ngram, which needs no draft model"
+    )
+
+
+def eos_token_ids(model: torch.nn.Module, tokenizer) -> set[int]:
+    """End-of-sequence ids from the generation config, the model config and the tokenizer."""
+    ids: set[int] = set()
+    sources = (getattr(model, "generation_config", None), model.config, tokenizer)
+    for source in sources:
+        value = getattr(source, "eos_token_id", None)
+        if value is None:
+            continue
+        ids.update(value if isinstance(value, (list, tuple, set)) else [value])
+    return {int(i) for i in ids}
