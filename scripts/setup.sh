@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Installs specdec and what it needs on a fresh machine (CPU). torch is installed first and
+# pinned: a looser requirement makes pip resolve the multi-GB CUDA build.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+"$PYTHON" -m pip install --quiet --disable-pip-version-check "torch==2.13.0"
+"$PYTHON" -m pip install --quiet --disable-pip-version-check -e ".[test]"

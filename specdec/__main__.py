@@ -1,0 +1,5 @@
+"""``python -m specdec`` is the ``specdec`` command."""
+
+from .cli import entry
+
+entry()

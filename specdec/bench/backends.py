@@ -1,0 +1,265 @@
+"""Backends: every way of turning prompt ids into tokens behind one interface.
+
+A backend has a ``name``, ``generate(prompt_ids, GenerationConfig) -> GenerationResult`` and
+``ignored_options(config) -> list[str]`` (the options it cannot honour, reported, never
+silently dropped). The harness never asks which backend it drives.
+
+Native (specdec's engine): ``target`` (autoregressive baseline), ``speculative`` (draft model),
+``ngram`` (prompt lookup). Reference peers (transformers' own generate): ``hf_generate``,
+``hf_assisted`` (``assistant_model=``), ``hf_prompt_lookup`` (``prompt_lookup_num_tokens=``).
+Serving engines (vLLM, OpenAI-compatible servers) are planned: see ``PLANNED``.
+
+A method is a backend plus overrides, written ``name`` or ``name:gamma=K`` (sweeps use that).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Protocol
+
+import torch
+
+from ..devices import resolve_device
+from ..drafters import DraftLengthPolicy, ModelDraft, NgramDraft
+from ..engine import Engine, GenerationConfig, GenerationResult
+from ..errors import UsageError
+from ..models import LoadedModel, check_same_tokenizer, eos_token_ids, load_model
+from ..reference import hf_generate
+
+
+class Backend(Protocol):
+    name: str
+
+    def generate(self, prompt_ids: list[int], config: GenerationConfig) -> GenerationResult: ...
+
+    def ignored_options(self, config) -> list[str]: ...
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """``label`` as the user wrote it, the ``backend`` name and its overrides (gamma)."""
+
+    label: str
+    backend: str
+    gamma: int | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> "MethodSpec":
+        name, _, options = text.partition(":")
+        name = name.strip()
+        if name in PLANNED:
+            raise UsageError(f"method {name!r} is not implemented yet ({PLANNED[name]}); use one of {', '.join(BACKENDS)}")
+        if name not in BACKENDS:
+            raise UsageError(f"unknown method {name!r}: use one of {', '.join(BACKENDS)} (optionally name:gamma=K)")
+        gamma = None
+        for option in filter(None, (o.strip() for o in options.split(","))):
+            key, _, value = option.partition("=")
+            if key != "gamma" or not value.isdigit() or int(value) < 1:
+                raise UsageError(f"method {text!r}: the only option is gamma=K with K >= 1, e.g. speculative:gamma=4")
+            gamma = int(value)
+        if gamma is not None and not BACKENDS[name].drafts:
+            raise UsageError(f"method {text!r}: {name} does not draft, so gamma does not apply")
+        return cls(text.strip(), name, gamma)
+
+
+class Models:
+    """The models of one run, each loaded once and shared by every method."""
+
+    def __init__(self, config, log=None) -> None:
+        self.config = config
+        self.log = log or (lambda message: None)
+        self.device = resolve_device(config.get("engine.device"))
+        self.dtype_name = config.get("engine.dtype")
+        self._target: LoadedModel | None = None
+        self._draft: LoadedModel | None = None
+        self._engine: Engine | None = None
+
+    @property
+    def target(self) -> LoadedModel:
+        if self._target is None:
+            self._target = load_model(self.config.get("model"), self.device, self.dtype_name, log=self.log)
+        return self._target
+
+    @property
+    def draft(self) -> LoadedModel:
+        if self._draft is None:
+            source = self.config.get("speculative.draft_model")
+            if not source:
+                raise UsageError("the speculative and hf_assisted methods need a draft model: "
+                                 "set speculative.draft_model, DRAFTER_MODEL or --draft-model (or use ngram)")
+            if source == self.config.get("model"):
+                self._draft = self.target  # same weights: share them
+            else:
+                self._draft = load_model(source, self.device, self.dtype_name, log=self.log)
+                check_same_tokenizer(self.target.tokenizer, self._draft.tokenizer, self.target.source, self._draft.source)
+        return self._draft
+
+    @property
+    def engine(self) -> Engine:
+        if self._engine is None:
+            t = self.target
+            self._engine = Engine(t.model, t.tokenizer, self.device, eos_token_ids(t.model, t.tokenizer))
+        return self._engine
+
+    @property
+    def vocab_size(self) -> int:
+        return self.target.model.get_output_embeddings().weight.shape[0]
+
+
+def _native_ignored(config) -> list[str]:
+    """Serving options the single-request native engine cannot honour (set to non-defaults)."""
+    ignored = []
+    checks = {
+        "engine.tensor_parallel_size": lambda v: v != 1,
+        "engine.gpu_memory_utilization": lambda v: v is not None,
+        "engine.enable_batch": lambda v: bool(v),
+        "engine.batch_size": lambda v: v != 1,
+        "engine.max_batch_length": lambda v: v is not None,
+    }
+    for key, is_set in checks.items():
+        if is_set(config.get(key)):
+            ignored.append(f"{key}={config.get(key)} (serves one request at a time on one device)")
+    return ignored
+
+
+class NativeBackend:
+    """specdec's engine, with no drafter (``target``), a draft model, or n-gram lookup."""
+
+    def __init__(self, name: str, models: Models, config) -> None:
+        self.name = name
+        self.models = models
+        self.config = config
+        self._drafter = None
+
+    @property
+    def drafter(self):
+        if self.name == "target":
+            return None
+        if self._drafter is None:
+            if self.uses_ngram:
+                self._drafter = NgramDraft(self.config.get("speculative.ngram_max"), self.config.get("speculative.ngram_min"))
+            else:
+                policy = DraftLengthPolicy(self.config.get("speculative.draft_schedule"),
+                                           self.config.get("speculative.confidence_threshold"))
+                self._drafter = ModelDraft(self.models.draft.model, self.models.vocab_size, policy)
+        return self._drafter
+
+    @property
+    def uses_ngram(self) -> bool:
+        return self.name == "ngram" or (self.name == "speculative" and self.config.get("speculative.method") == "ngram")
+
+    def prepare(self) -> None:
+        """Load what this backend needs (models load before the first timed request)."""
+        self.models.engine
+        self.drafter
+
+    def generate(self, prompt_ids, config: GenerationConfig) -> GenerationResult:
+        return self.models.engine.generate(prompt_ids, config, self.drafter)
+
+    def ignored_options(self, config) -> list[str]:
+        ignored = _native_ignored(config)
+        if self.uses_ngram and config.get("speculative.draft_schedule") == "adaptive":
+            ignored.append("speculative.draft_schedule=adaptive (n-gram drafting proposes a constant length)")
+        return ignored
+
+
+class HFBackend:
+    """transformers' ``generate`` as a reference peer: plain, assisted, or prompt lookup."""
+
+    def __init__(self, name: str, models: Models, config) -> None:
+        self.name = name
+        self.models = models
+        self.config = config
+
+    def prepare(self) -> None:
+        self.models.target
+        if self.name == "hf_assisted":
+            self.models.draft
+
+    def generate(self, prompt_ids, config: GenerationConfig) -> GenerationResult:
+        m = self.models
+        kwargs = {}
+        if self.name == "hf_assisted":
+            draft = m.draft.model
+            if draft is m.target.model:
+                raise UsageError("hf_assisted needs a draft model distinct from the target object; "
+                                 "transformers cannot assist a model with itself")
+            kwargs.update(assistant_model=draft, assistant_settings={
+                "num_assistant_tokens": config.gamma,
+                "num_assistant_tokens_schedule": "constant" if self.config.get("speculative.draft_schedule") == "constant" else "heuristic",
+            })
+        elif self.name == "hf_prompt_lookup":
+            kwargs.update(prompt_lookup_num_tokens=config.gamma, max_matching_ngram_size=self.config.get("speculative.ngram_max"))
+        return hf_generate(m.target.model, m.target.tokenizer, prompt_ids, config, m.device, m.engine.eos_token_ids, **kwargs)
+
+    def ignored_options(self, config) -> list[str]:
+        ignored = _native_ignored(config)
+        if self.name == "hf_prompt_lookup" and config.get("speculative.ngram_min") != 1:
+            ignored.append("speculative.ngram_min (transformers' prompt lookup only takes a max n-gram size)")
+        if self.name == "hf_assisted" and config.get("speculative.draft_schedule") == "adaptive":
+            ignored.append("speculative.confidence_threshold (transformers' heuristic schedule is used instead)")
+        return ignored
+
+
+@dataclass(frozen=True)
+class BackendInfo:
+    factory: type
+    drafts: bool
+    needs_draft_model: bool
+
+
+BACKENDS: dict[str, BackendInfo] = {
+    "target": BackendInfo(NativeBackend, False, False),
+    "speculative": BackendInfo(NativeBackend, True, True),
+    "ngram": BackendInfo(NativeBackend, True, False),
+    "hf_generate": BackendInfo(HFBackend, False, False),
+    "hf_assisted": BackendInfo(HFBackend, True, True),
+    "hf_prompt_lookup": BackendInfo(HFBackend, True, False),
+}
+
+#: Serving engines with a place in the registry but no implementation yet.
+PLANNED = {
+    "vllm": "a vLLM backend is planned; it would map engine.tensor_parallel_size / gpu_memory_utilization",
+    "openai": "an OpenAI-compatible server backend is planned",
+}
+
+
+def make_backend(spec: MethodSpec, models: Models, config):
+    info = BACKENDS[spec.backend]
+    return info.factory(spec.backend, models, config)
+
+
+def generation_config(config, spec: MethodSpec, seed: int | None) -> GenerationConfig:
+    """The per-request GenerationConfig of ``spec`` (same budget and sampling for every method)."""
+    from ..sampling import SamplingParams
+
+    sampling = SamplingParams(temperature=config.get("generation.temperature"), top_k=config.get("generation.top_k"),
+                              top_p=config.get("generation.top_p"))
+    return GenerationConfig(
+        max_new_tokens=config.get("generation.max_tokens"),
+        sampling=sampling,
+        gamma=spec.gamma or config.get("speculative.num_speculative_tokens"),
+        seed=seed,
+        stop_strings=tuple(config.get("generation.stop_strings")),
+        ignore_eos=config.get("generation.ignore_eos"),
+    )
+
+
+def check_methods(config) -> list[MethodSpec]:
+    """Parse and check the configured methods before anything loads."""
+    specs = [MethodSpec.parse(m) for m in config.methods]
+    if not specs:
+        raise UsageError("no methods to run: set run.methods (e.g. target,speculative) or --methods")
+    labels = [s.label for s in specs]
+    if len(set(labels)) != len(labels):
+        raise UsageError(f"a method is listed twice in {', '.join(labels)}")
+    backend = config.get("engine.backend")
+    if backend != "native":
+        raise UsageError(f"engine.backend {backend!r} is not implemented yet ({PLANNED[backend]}); use native")
+    for spec in specs:
+        needs = BACKENDS[spec.backend].needs_draft_model and not (
+            spec.backend == "speculative" and config.get("speculative.method") == "ngram")
+        if needs and not config.get("speculative.draft_model"):
+            raise UsageError(f"method {spec.label} needs a draft model: set speculative.draft_model, DRAFTER_MODEL or "
+                             "--draft-model, or use the ngram method")
+    return specs

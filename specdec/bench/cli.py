@@ -1,0 +1,227 @@
+"""``specdec bench``, ``specdec sweep`` and ``specdec report``: :func:`main` is what the main CLI
+routes to. Bad input raises :class:`UsageError` (one line, exit code 2)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from rich.console import Console
+
+from ..errors import UsageError
+from . import results as R
+from .config import load_config, parse_set
+from .report import comparison_table, print_summary, rerender
+from .runner import BenchmarkRunner
+from .sweep import parse_gammas, sweep_markdown, sweep_methods, sweep_rows, sweep_table
+
+#: flag dest -> dotted config key
+FLAG_KEYS = {
+    "model": "model",
+    "draft_model": "speculative.draft_model",
+    "speculative_method": "speculative.method",
+    "methods": "run.methods",
+    "max_tokens": "generation.max_tokens",
+    "temperature": "generation.temperature",
+    "top_p": "generation.top_p",
+    "top_k": "generation.top_k",
+    "seed": "generation.seed",
+    "ignore_eos": "generation.ignore_eos",
+    "stop": "generation.stop_strings",
+    "ngram_max": "speculative.ngram_max",
+    "ngram_min": "speculative.ngram_min",
+    "draft_schedule": "speculative.draft_schedule",
+    "benchmark": "workload.benchmark",
+    "num_prompts": "workload.num_prompts",
+    "category": "workload.category",
+    "shuffle": "workload.shuffle",
+    "chat_template": "workload.chat_template",
+    "max_turns": "workload.max_turns",
+    "rate": "load.rate",
+    "duration": "load.duration",
+    "warmup": "run.warmup",
+    "repeats": "run.repeats",
+    "monitor": "run.monitor",
+    "device": "engine.device",
+    "dtype": "engine.dtype",
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, exit code 2, through the main CLI
+        raise UsageError(f"{self.prog}: {message} (see {self.prog} --help)")
+
+
+def _parser(command: str) -> argparse.ArgumentParser:
+    p = _Parser(prog=f"specdec {command}", description={
+        "bench": "Benchmark decoding methods on a prompt set (see docs/bench.md).",
+        "sweep": "Sweep gamma (draft tokens per step) against the target baseline.",
+        "report": "Re-render the summary and plots of saved runs; compare runs side by side.",
+    }[command])
+    if command == "report":
+        p.add_argument("dirs", nargs="+", metavar="DIR", help="output folders of earlier runs")
+        p.add_argument("--no-plots", action="store_true", help="do not rewrite the plots and derived files")
+        return p
+    p.add_argument("--config", help="YAML or JSON config file")
+    if command == "bench":
+        p.add_argument("--configs", nargs="+", metavar="FILE", help="several configs, each into --output-base/<name>")
+        p.add_argument("--output-base", help="parent folder for --configs runs")
+    p.add_argument("--output-dir", help="results folder (resumed when it holds the same config)")
+    p.add_argument("--benchmark", help="prompts: JSONL, question.jsonl, ShareGPT JSON/JSONL/folder, or text")
+    p.add_argument("--model", help="target model (hub id, folder, .gguf)")
+    p.add_argument("--draft-model", help="draft model sharing the target's tokenizer")
+    p.add_argument("--speculative-method", choices=("model", "ngram"), help="what 'speculative' drafts with")
+    if command == "bench":
+        p.add_argument("--methods", help="comma list: target,speculative,ngram,hf_generate,hf_assisted,hf_prompt_lookup "
+                                         "(name:gamma=K to override gamma)")
+        p.add_argument("--gamma", type=int, help="draft tokens per step (speculative.num_speculative_tokens)")
+    else:
+        p.add_argument("--gamma", required=True, help="gammas: 1-10, 1,2,4,8 or 2-8:2")
+        p.add_argument("--method", default=None, help="the drafting method to sweep (default speculative, "
+                                                      "or ngram without a draft model)")
+    p.add_argument("--max-tokens", type=int, help="new tokens per request")
+    p.add_argument("--temperature", type=float, help="0 = greedy")
+    p.add_argument("--top-p", type=float)
+    p.add_argument("--top-k", type=int)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--ignore-eos", action="store_true", default=None, help="always generate --max-tokens tokens")
+    p.add_argument("--stop", action="append", help="stop string (repeatable)")
+    p.add_argument("--ngram-max", type=int)
+    p.add_argument("--ngram-min", type=int)
+    p.add_argument("--draft-schedule", choices=("constant", "adaptive"))
+    p.add_argument("--num-prompts", type=int)
+    p.add_argument("--category", action="append", help="keep only this category (repeatable)")
+    p.add_argument("--shuffle", action="store_true", default=None)
+    p.add_argument("--no-chat-template", dest="chat_template", action="store_false", default=None,
+                   help="tokenize prompts as plain text even when the tokenizer has a chat template")
+    p.add_argument("--max-turns", type=int)
+    p.add_argument("--rate", type=float, help="Poisson arrivals, requests/s (switches to load.mode poisson)")
+    p.add_argument("--duration", type=float, help="Poisson mode: seconds of arrivals")
+    p.add_argument("--warmup", type=int)
+    p.add_argument("--repeats", type=int)
+    p.add_argument("--no-monitor", dest="monitor", action="store_false", default=None)
+    p.add_argument("--device")
+    p.add_argument("--dtype")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any config key, e.g. engine.batch_size=8")
+    p.add_argument("--overwrite", action="store_true", help="replace results of a different config")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def _flags(args) -> dict:
+    flags = parse_set(args.set)
+    for dest, key in FLAG_KEYS.items():
+        value = getattr(args, dest, None)
+        if value is not None:
+            flags[key] = value
+    if getattr(args, "gamma", None) is not None and isinstance(args.gamma, int):
+        flags["speculative.num_speculative_tokens"] = args.gamma
+    return flags
+
+
+def main(command: str, argv: list[str]) -> int:
+    """Run ``specdec <command> <argv>``; returns the exit code (0 ok, 130 interrupted)."""
+    if command not in ("bench", "sweep", "report"):
+        raise UsageError(f"unknown command {command!r}: use bench, sweep or report")
+    try:
+        args = _parser(command).parse_args(argv)
+    except SystemExit as exit_:  # --help
+        return int(exit_.code or 0)
+    out = Console()
+    err = Console(stderr=True)
+    try:
+        if command == "report":
+            return _report(args, out)
+        if command == "sweep":
+            return _sweep(args, out, err)
+        return _bench(args, out, err)
+    except KeyboardInterrupt:
+        return 130
+
+
+def _bench(args, out: Console, err: Console) -> int:
+    flags = _flags(args)
+    if args.configs:
+        if args.config:
+            raise UsageError("use --config FILE or --configs FILE ..., not both")
+        if not args.output_base:
+            raise UsageError("--configs needs --output-base DIR (each config runs into DIR/<config name>)")
+        names = [Path(c).stem for c in args.configs]
+        if len(set(names)) != len(names):
+            raise UsageError(f"--configs: two files share a name ({', '.join(names)}); their subfolders would collide")
+        configs = [load_config(c, flags) for c in args.configs]  # validate every file before running any
+        for config in configs:
+            config.validate()
+        runs = []
+        for name, config in zip(names, configs):
+            out.rule(f"[bold]{name}")
+            runner = BenchmarkRunner(config, Path(args.output_base) / name, args.overwrite,
+                                     console=None if args.no_progress else err)
+            metrics = runner.run()
+            print_summary(out, metrics, name)
+            runs.append((name, metrics))
+        out.print(comparison_table(runs))
+        return 0
+    if args.output_base and not args.output_dir:
+        raise UsageError("--output-base goes with --configs; for one config use --output-dir")
+    runner = BenchmarkRunner(load_config(args.config, flags), args.output_dir, args.overwrite,
+                             console=None if args.no_progress else err)
+    metrics = runner.run()
+    print_summary(out, metrics)
+    out.print(f"[dim]results in {runner.results.path}[/dim]")
+    return 0
+
+
+def _sweep(args, out: Console, err: Console) -> int:
+    gammas = parse_gammas(args.gamma)
+    flags = _flags(args)
+    config = load_config(args.config, flags)
+    method = args.method or ("speculative" if config.get("speculative.draft_model")
+                             or config.get("speculative.method") == "ngram" else "ngram")
+    if ":" in method or method in ("target", "hf_generate"):
+        raise UsageError(f"--method {method!r}: sweep a drafting method (speculative, ngram, hf_assisted, hf_prompt_lookup)")
+    config.set("run.methods", sweep_methods(method, gammas), "command line")
+    runner = BenchmarkRunner(config, args.output_dir, args.overwrite, console=None if args.no_progress else err)
+    metrics = runner.run()
+    print_summary(out, metrics)
+    rows = sweep_rows(metrics)
+    out.print(sweep_table(rows))
+    markdown = sweep_markdown(rows)
+    out.print(markdown.strip().splitlines()[-1])
+    R.write_json(runner.results.file("sweep.json"), {"method": method, "rows": rows,
+                                                     "best_gamma": next(iter([l for l in markdown.splitlines() if l.startswith("best")]), None)})
+    runner.results.file("sweep.md").write_text(markdown, encoding="utf-8")
+    return 0
+
+
+def _report(args, out: Console) -> int:
+    runs = []
+    for folder in args.dirs:
+        if args.no_plots:
+            metrics = R.ResultsDir(folder).read(R.METRICS)
+            if metrics is None:
+                raise UsageError(f"{folder} holds no {R.METRICS}: run without --no-plots to rebuild it from {R.RESPONSES}")
+        else:
+            metrics = rerender(folder)
+        name = Path(folder).name or str(folder)
+        print_summary(out, metrics, name)
+        if any(":gamma=" in label for label in metrics["summary"]["methods"]):
+            rows = sweep_rows(metrics)
+            out.print(sweep_table(rows))
+            out.print(sweep_markdown(rows).strip().splitlines()[-1])
+        runs.append((name, metrics))
+    if len(runs) > 1:
+        out.print(comparison_table(runs))
+    return 0
+
+
+if __name__ == "__main__":  # python -m specdec.bench.cli bench ...
+    try:
+        raise SystemExit(main(sys.argv[1], sys.argv[2:]))
+    except UsageError as error:
+        print(f"specdec: error: {error}", file=sys.stderr)
+        raise SystemExit(error.exit_code)
+    except IndexError:
+        print("usage: python -m specdec.bench.cli {bench,sweep,report} ...", file=sys.stderr)
+        raise SystemExit(2)

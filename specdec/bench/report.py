@@ -1,0 +1,129 @@
+"""Console tables (rich) of a run's summary, re-rendering saved runs, and side-by-side comparison."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from ..errors import UsageError
+from . import results as R
+
+
+def fmt(value, digits: int = 2, unit: str = "") -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}{unit}"
+    return f"{value}{unit}"
+
+
+def ms(value) -> str:
+    return "-" if value is None else f"{value * 1000:.1f}"
+
+
+def speedup_text(s: dict) -> str:
+    if s.get("speedup") is None:
+        return "-"
+    text = f"{s['speedup']:.2f}x"
+    if s.get("speedup_ci_low") is not None:
+        text += f" [{s['speedup_ci_low']:.2f}, {s['speedup_ci_high']:.2f}]"
+    return text
+
+
+def identical_text(s: dict) -> str:
+    same = s.get("identical")
+    if not same:
+        return "-"
+    return f"{'yes' if same['all'] else 'NO'} {same['identical']}/{same['pairs']}"
+
+
+def summary_tables(metrics: dict, title: str = "") -> list[Table]:
+    """Two tables: speed (speedups, throughput, latency) and acceptance (alpha, tau, efficiency)."""
+    methods = metrics["summary"]["methods"]
+    speed = Table(title=f"{title} speed".strip(), title_justify="left")
+    for column in ("method", "reqs", "tokens", "tok/s", "speedup [95% CI]", "tok/s ratio", "fwd speedup",
+                   "TTFT p50 ms", "TPOT p50 ms", "e2e p50/p90/p99 ms", "greedy identical"):
+        speed.add_column(column, justify="left" if column == "method" else "right")
+    for label, s in methods.items():
+        e2e = s.get("e2e_s") or {}
+        speed.add_row(label, str(s["requests"]), str(s["new_tokens"]), fmt(s.get("tokens_per_s"), 1), speedup_text(s),
+                      fmt(s.get("tokens_per_s_ratio")), fmt(s.get("forward_speedup")),
+                      ms((s.get("ttft_s") or {}).get("p50")), ms((s.get("tpot_s") or {}).get("p50")),
+                      f"{ms(e2e.get('p50'))}/{ms(e2e.get('p90'))}/{ms(e2e.get('p99'))}", identical_text(s))
+    accept = Table(title=f"{title} acceptance".strip(), title_justify="left")
+    for column in ("method", "gamma", "alpha", "accept rate", "tau", "expected tau", "c", "predicted", "efficiency",
+                   "throughput tok/s", "J/token", "peak mem MiB"):
+        accept.add_column(column, justify="left" if column == "method" else "right")
+    for label, s in methods.items():
+        mem = s.get("peak_mem_bytes")
+        accept.add_row(label, fmt(s.get("gamma")), fmt(s.get("alpha"), 3), fmt(s.get("draft_acceptance_rate"), 3),
+                       fmt(s.get("tau")), fmt(s.get("expected_tau")), fmt(s.get("c"), 3), fmt(s.get("predicted_speedup")),
+                       fmt(s.get("efficiency")), fmt(s.get("throughput"), 1), fmt(s.get("j_per_token"), 4),
+                       "-" if mem is None else f"{mem / 2**20:.0f}")
+    return [speed, accept]
+
+
+def notes(metrics: dict) -> list[str]:
+    """One-line notes under the tables: ignored options, energy, baseline absence, pairing."""
+    lines = []
+    for label, options in (metrics.get("ignored_options") or {}).items():
+        lines.append(f"{label}: ignored {'; '.join(options)}")
+    methods = metrics["summary"]["methods"]
+    reasons = {s.get("energy_reason") for s in methods.values() if s.get("energy_j") is None and s.get("energy_reason")}
+    for reason in sorted(reasons):
+        lines.append(f"energy: null ({reason})")
+    if metrics["summary"].get("baseline") is None:
+        lines.append("no 'target' baseline in this run: speedups are not available")
+    config = metrics.get("config") or {}
+    if not (config.get("generation") or {}).get("temperature", 0) <= 1e-6:
+        lines.append("sampling: output lengths differ per method; compare 'tok/s ratio' as well as the per-prompt speedup")
+    manifest = metrics.get("manifest") or {}
+    if manifest:
+        lines.append(f"{manifest.get('device_name')} | {manifest.get('dtype')} | torch {manifest['packages'].get('torch')} | "
+                     f"transformers {manifest['packages'].get('transformers')} | threads {manifest.get('torch_threads')} | "
+                     f"specdec {(manifest.get('specdec_git') or {}).get('commit') or 'unknown'}"[:160])
+    return lines
+
+
+def print_summary(console: Console, metrics: dict, title: str = "") -> None:
+    for table in summary_tables(metrics, title):
+        console.print(table)
+    for line in notes(metrics):
+        console.print(f"[dim]{line}[/dim]")
+
+
+def rerender(folder: str | Path) -> dict:
+    """Recompute metrics.json, the benchmark_results files and the plots of a saved run from its
+    responses.jsonl and config.yaml."""
+    from .config import load_config
+    from .runner import write_outputs
+
+    results = R.ResultsDir(folder)
+    if not results.path.is_dir():
+        raise UsageError(f"no such results folder: {folder}")
+    if not results.responses.is_file():
+        raise UsageError(f"{folder} holds no {R.RESPONSES}: is it a specdec bench --output-dir?")
+    stored = results.stored_config()
+    if stored is None:
+        raise UsageError(f"{folder} holds no {R.CONFIG}: cannot re-render")
+    config = load_config(base=stored, environ={})
+    previous = results.read(R.METRICS) or {}
+    return write_outputs(results, config.to_dict(), results.stored_hash() or config.hash(), config.methods,
+                         previous.get("sessions", []), previous.get("ignored_options", {}),
+                         config.get("run.bootstrap"), config.get("load.mode"))
+
+
+def comparison_table(runs: list[tuple[str, dict]]) -> Table:
+    """One row per (run, method): the headline figures side by side."""
+    table = Table(title="comparison", title_justify="left")
+    for column in ("run", "method", "reqs", "tok/s", "speedup [95% CI]", "fwd speedup", "alpha", "tau", "efficiency",
+                   "e2e p50 ms", "identical"):
+        table.add_column(column, justify="left" if column in ("run", "method") else "right")
+    for name, metrics in runs:
+        for label, s in metrics["summary"]["methods"].items():
+            table.add_row(name, label, str(s["requests"]), fmt(s.get("tokens_per_s"), 1), speedup_text(s),
+                          fmt(s.get("forward_speedup")), fmt(s.get("alpha"), 3), fmt(s.get("tau")),
+                          fmt(s.get("efficiency")), ms((s.get("e2e_s") or {}).get("p50")), identical_text(s))
+    return table

@@ -1,0 +1,327 @@
+"""The benchmark loop: load the workload, load each model once, warm up, then serve every prompt
+with every method in turn (A B A B), appending one record per finished request.
+
+From Python::
+
+    from specdec.bench import BenchmarkRunner
+    summary = BenchmarkRunner("bench.yaml", output_dir="runs/a", **{"generation.max_tokens": 64}).run()
+
+The same precedence as the command line: defaults < config file < environment variables <
+keyword overrides (dotted keys).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+import zlib
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+from ..errors import UsageError
+from . import results as R
+from .backends import Models, check_methods, generation_config, make_backend
+from .config import BenchConfig, load_config
+from .manifest import manifest
+from .metrics import summarize
+from .monitor import Monitor
+from .workloads import Prompt, encode_turns, load_workload, poisson_arrivals
+
+
+@dataclass
+class Job:
+    """One request of the schedule: a prompt, its repeat index and (Poisson) arrival time."""
+
+    prompt: Prompt
+    prompt_id: str
+    repeat: int
+    arrival_s: float | None = None
+
+
+def build_schedule(config: BenchConfig, prompts: list[Prompt]) -> list[Job]:
+    """Fixed mode: every prompt once per repeat. Poisson mode: arrivals of a seeded Poisson
+    process (per repeat), each taking the next prompt (cycling; ids get ``~k`` on reuse)."""
+    jobs = []
+    for repeat in range(config.get("run.repeats")):
+        if config.get("load.mode") == "poisson":
+            duration = config.get("load.duration")
+            count = config.get("workload.num_prompts") if duration is None else None
+            if duration is None and count is None:
+                count = len(prompts)
+            arrivals = poisson_arrivals(config.get("load.rate"), config.get("workload.seed") + repeat, duration, count)
+            for i, at in enumerate(arrivals):
+                prompt = prompts[i % len(prompts)]
+                pid = prompt.id if i < len(prompts) else f"{prompt.id}~{i // len(prompts)}"
+                jobs.append(Job(prompt, pid, repeat, at))
+        else:
+            jobs.extend(Job(p, p.id, repeat) for p in prompts)
+    return jobs
+
+
+def request_seed(base: int, prompt_id: str, turn: int, repeat: int) -> int:
+    """The same seed for every method on one (prompt, turn, repeat), different across them."""
+    return (base + zlib.crc32(f"{prompt_id}|{turn}|{repeat}".encode())) % (2**63)
+
+
+class BenchmarkRunner:
+    """Runs one benchmark into ``output_dir`` (resuming what is there) and returns its summary.
+
+    config: a :class:`BenchConfig`, a config file path, or a nested dict.
+    overrides: dotted keys applied after the environment (like command-line flags).
+    environ: the environment mapping to read (default ``os.environ``).
+    """
+
+    def __init__(self, config=None, output_dir=None, overwrite: bool = False, console=None, progress: bool = True,
+                 environ=None, **overrides) -> None:
+        if isinstance(config, BenchConfig):
+            self.config = config
+            for key, value in overrides.items():
+                if value is not None:
+                    self.config.set(key, value, "keyword argument")
+        elif isinstance(config, dict):
+            self.config = load_config(base=config, flags=overrides, environ=environ)
+        else:
+            self.config = load_config(config, flags=overrides, environ=environ)
+        if output_dir is None:
+            raise UsageError("no output folder: pass --output-dir DIR")
+        self.results = R.ResultsDir(output_dir)
+        self.overwrite = overwrite
+        self.console = console
+        self.show_progress = progress
+        self.log = lambda message: self._print(f"[dim]{message}[/dim]")
+
+    def _print(self, message: str) -> None:
+        if self.console is not None:
+            self.console.print(message)
+
+    # ---------------------------------------------------------------------------------------
+    def check(self):
+        """Everything that can fail without a model: config, methods, prompts."""
+        self.config.validate()
+        specs = check_methods(self.config)
+        prompts = load_workload(self.config)
+        return specs, prompts
+
+    def run(self) -> dict:
+        """Run (or resume) the benchmark; returns the metrics dict also saved as metrics.json.
+
+        On Ctrl-C the finished requests are kept, the aggregates are written, and
+        KeyboardInterrupt propagates; running again resumes.
+        """
+        specs, prompts = self.check()
+        found = self.results.prepare(self.config, self.overwrite)
+        if found:
+            self._print(f"resuming {self.results.path}: {found} finished request(s) kept")
+        done = {r["key"]: r for r in self.results.load_records()}
+        jobs = build_schedule(self.config, prompts)
+        total = sum(len(j.prompt.turns) for j in jobs) * len(specs)
+        todo = total - sum(1 for j in jobs for t in range(len(j.prompt.turns)) for s in specs
+                           if R.record_key(s.label, j.prompt_id, t + 1, j.repeat) in done)
+        self.models = Models(self.config, self.log)
+        monitor = None
+        session = None
+        interrupted = False
+        try:
+            if todo:
+                backends = {s.label: make_backend(s, self.models, self.config) for s in specs}
+                for backend in backends.values():
+                    backend.prepare()
+                self._warmup(specs, backends, prompts[0])
+                monitor = Monitor(self.models.device, self.config.get("run.monitor_interval_s"),
+                                  self.config.get("run.monitor")).start()
+                self._loop(specs, backends, jobs, done, monitor, total, todo)
+        except KeyboardInterrupt:
+            interrupted = True
+            self._print("[yellow]interrupted: finished requests are saved; run the same command again to resume[/yellow]")
+        finally:
+            if monitor is not None:
+                session = monitor.stop()
+                monitor.close()
+        metrics = self.finalize(session, specs)
+        if interrupted:
+            raise KeyboardInterrupt
+        return metrics
+
+    def _warmup(self, specs, backends, prompt: Prompt) -> None:
+        """The same warm-up for every method (first prompt, first turn), alternating; excluded."""
+        n = self.config.get("run.warmup")
+        if not n:
+            return
+        ids = encode_turns(self.models.target.tokenizer, [{"role": "user", "content": prompt.turns[0]}],
+                           self.config.get("workload.chat_template"))
+        for i in range(n):
+            for spec in specs:
+                backends[spec.label].generate(ids, generation_config(self.config, spec, self.config.get("generation.seed") + i))
+
+    def _loop(self, specs, backends, jobs, done, monitor, total, todo) -> None:
+        tokenizer = self.models.target.tokenizer
+        device = self.models.device
+        chat = self.config.get("workload.chat_template")
+        poisson = self.config.get("load.mode") == "poisson"
+        clock: dict = {}  # (method, repeat) -> virtual time the server becomes free (Poisson)
+        progress = _progress(self.console if self.show_progress else None, total, total - todo)
+        with progress:
+            for job in jobs:
+                history = {s.label: [] for s in specs}
+                for turn_index, user_text in enumerate(job.prompt.turns):
+                    turn = turn_index + 1
+                    for spec in specs:
+                        key = R.record_key(spec.label, job.prompt_id, turn, job.repeat)
+                        messages = history[spec.label] + [{"role": "user", "content": user_text}]
+                        record = done.get(key)
+                        if record is None:
+                            ids = encode_turns(tokenizer, messages, chat)
+                            seed = request_seed(self.config.get("generation.seed"), job.prompt_id, turn, job.repeat)
+                            record = self._measure(backends[spec.label], spec, ids, seed, monitor, device)
+                            record.update(key=key, method=spec.label, backend=spec.backend, prompt_id=job.prompt_id,
+                                          category=job.prompt.category, turn=turn, repeat=job.repeat)
+                            self._queue(record, job, turn, clock, poisson)
+                            record["finished_utc"] = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+                            self.results.append(record)
+                            done[key] = record
+                            progress.advance(f"{spec.label} {job.prompt_id}#{turn}")
+                        elif poisson:
+                            end = record["arrival_s"] + record["queue_wait_s"] + record["service_e2e_s"]
+                            clock[(spec.label, job.repeat)] = max(clock.get((spec.label, job.repeat), 0.0), end)
+                        history[spec.label] = messages + [{"role": "assistant", "content": record["text"]}]
+
+    def _measure(self, backend, spec, ids, seed, monitor, device) -> dict:
+        gen = generation_config(self.config, spec, seed)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        energy_before = monitor.energy_j()
+        result = backend.generate(ids, gen)
+        energy_after = monitor.energy_j()
+        stats = dict(result.stats)
+        record = {**stats}
+        record["gamma"] = gen.gamma if spec.backend not in ("target", "hf_generate") else None
+        record["seed"] = seed
+        record["greedy"] = gen.sampling.greedy
+        record["service_ttft_s"] = stats.get("ttft_s")
+        record["service_e2e_s"] = stats.get("e2e_s")
+        record["energy_j"] = energy_after - energy_before if energy_before is not None and energy_after is not None else None
+        record["peak_mem_bytes"] = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
+        record["text"] = result.text
+        record["token_ids"] = list(result.token_ids)
+        return record
+
+    @staticmethod
+    def _queue(record, job: Job, turn: int, clock: dict, poisson: bool) -> None:
+        """Queue wait and latency including it. Poisson mode simulates a FIFO single server on a
+        virtual clock per method from the measured service times (so methods can still alternate
+        per prompt); the turns of a conversation are served back to back."""
+        service_e2e = record["service_e2e_s"]
+        if not poisson:
+            record.update(arrival_s=None, queue_wait_s=0.0)
+            return
+        slot = (record["method"], job.repeat)
+        free_at = clock.get(slot, 0.0)
+        arrival = job.arrival_s if turn == 1 else free_at
+        start = max(arrival, free_at)
+        wait = start - arrival
+        clock[slot] = start + service_e2e
+        record.update(arrival_s=arrival, queue_wait_s=wait, e2e_s=service_e2e + wait,
+                      ttft_s=record["service_ttft_s"] + wait if record.get("service_ttft_s") is not None else None)
+
+    # ---------------------------------------------------------------------------------------
+    def finalize(self, session: dict | None, specs=None) -> dict:
+        """Aggregate responses.jsonl into metrics.json, benchmark_results*.json and plots."""
+        labels = [s.label for s in specs] if specs else self.config.methods
+        device = self.models.device if hasattr(self, "models") else torch.device("cpu")
+        dtype = self.models._target.dtype if getattr(self, "models", None) and self.models._target else self.config.get("engine.dtype")
+        ignored = {}
+        for spec in specs or []:
+            backend = make_backend(spec, self.models, self.config)
+            if backend.ignored_options(self.config):
+                ignored[spec.label] = backend.ignored_options(self.config)
+        previous = self.results.read(R.METRICS) or {}
+        sessions = list(previous.get("sessions", []))
+        if session is not None:
+            sessions.append({"manifest": manifest(device, dtype), "monitor": session})
+        return write_outputs(self.results, self.config.to_dict(), self.config.hash(), labels, sessions, ignored,
+                             self.config.get("run.bootstrap"), self.config.get("load.mode"))
+
+
+def write_outputs(results: R.ResultsDir, config: dict, config_hash: str, methods: list[str], sessions: list,
+                  ignored: dict, resamples: int = 2000, load_mode: str = "fixed") -> dict:
+    """Every derived file of a run, from its responses.jsonl alone (used by run and report)."""
+    records = results.load_records()
+    summary = summarize(records, methods, "target", resamples)
+    last = sessions[-1] if sessions else {}
+    monitor = last.get("monitor")
+    if monitor and monitor.get("kind") == "cpu":
+        rss = (monitor.get("devices", {}).get("cpu") or {}).get("peak_rss_bytes")
+        for figures in summary["methods"].values():
+            if figures.get("peak_mem_bytes") is None:
+                figures["peak_mem_bytes"] = rss
+                figures["peak_mem_source"] = "process_peak_rss (whole run)"
+    energy_reason = monitor.get("energy_reason") if monitor else "no monitor session recorded (monitor off or run interrupted)"
+    for figures in summary["methods"].values():
+        if figures.get("energy_j") is None:
+            figures["energy_reason"] = energy_reason
+    metrics = {
+        "schema": "specdec.bench/1",
+        "config_hash": config_hash,
+        "config": config,
+        "load_mode": load_mode,
+        "manifest": last.get("manifest"),
+        "sessions": sessions,
+        "ignored_options": ignored,
+        "summary": summary,
+        "records": [{k: v for k, v in r.items() if k != "token_ids"} for r in records],
+    }
+    results.write(R.METRICS, metrics)
+    compact = {label: {k: v for k, v in s.items()} for label, s in summary["methods"].items()}
+    results.write(R.RESULTS, {"schema": "specdec.bench/1", "config": config, "manifest": last.get("manifest"),
+                              "baseline": summary["baseline"], "methods": compact, "ignored_options": ignored,
+                              "monitor": monitor})
+    results.write(R.RESULTS_SPECULATIVE, {
+        "methods": {k: v for k, v in compact.items() if k != "target"},
+        "records": [r for r in metrics["records"] if r["method"] != "target"]})
+    results.write(R.RESULTS_TARGET, {
+        "method": compact.get("target"), "records": [r for r in metrics["records"] if r["method"] == "target"]})
+    results.write(R.RESULTS_GPU, {"monitor": monitor, "sessions": [s.get("monitor") for s in sessions],
+                                  "device_name": (last.get("manifest") or {}).get("device_name")})
+    from .plots import write_plots
+
+    metrics["plots"] = write_plots(results.path, summary, records)
+    return metrics
+
+
+class _NullProgress:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def advance(self, label: str) -> None:
+        pass
+
+
+class _RichProgress(_NullProgress):
+    def __init__(self, console, total, completed) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        self.progress = Progress(TextColumn("[bold]bench[/bold]"), BarColumn(), MofNCompleteColumn(),
+                                 TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.description}"),
+                                 console=console, transient=False)
+        self.task = self.progress.add_task("", total=total, completed=completed)
+
+    def __enter__(self):
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.progress.stop()
+        return False
+
+    def advance(self, label: str) -> None:
+        self.progress.update(self.task, advance=1, description=label)
+
+
+def _progress(console, total, completed):
+    return _RichProgress(console, total, completed) if console is not None else _NullProgress()
