@@ -79,7 +79,7 @@ class Engine:
         self.device = device
         self.eos_token_ids = set(eos_token_ids)
         self.vocab_size = target.get_output_embeddings().weight.shape[0]
-        self.context_limit = _context_limit(target)
+        self.context_limit = context_limit(target)
 
     def check_fits(self, prompt_length: int, max_new_tokens: int) -> None:
         """Refuse a prompt that, with the new tokens, would not fit the model's context."""
@@ -184,7 +184,7 @@ class Engine:
         }
 
 
-def _context_limit(model: torch.nn.Module) -> int | None:
+def context_limit(model: torch.nn.Module) -> int | None:
     """The model's maximum sequence length from its config, or None when it states none."""
     config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
     for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):

@@ -17,6 +17,7 @@ from .engine import Engine, GenerationConfig, GenerationResult
 from .errors import UsageError
 from .models import LoadedModel, check_same_tokenizer, eos_token_ids, load_model
 from .sampling import SamplingParams
+from .stopping import normalize_stop_strings
 
 DRAFTERS = ("model", "ngram")
 
@@ -75,7 +76,7 @@ class SpeculativeDecoder:
             sampling=SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p),
             gamma=gamma,
             seed=seed,
-            stop_strings=tuple(stop_strings),
+            stop_strings=normalize_stop_strings(stop_strings),
         )
         self.config.validate()
         self.device = resolve_device(device)

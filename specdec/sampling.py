@@ -31,7 +31,7 @@ class SamplingParams:
     def __post_init__(self) -> None:
         from .errors import UsageError
 
-        if self.temperature < 0:
+        if not self.temperature >= 0:  # also refuses NaN
             raise UsageError(f"temperature must be >= 0 (0 means greedy), got {self.temperature}")
         if self.top_k < 0:
             raise UsageError(f"top_k must be >= 0 (0 means no limit), got {self.top_k}")

@@ -7,6 +7,15 @@ generation never overshoots any limit.
 from __future__ import annotations
 
 
+def normalize_stop_strings(stop_strings) -> tuple[str, ...]:
+    """Stop strings as a tuple; a single ``str`` is one stop string, not one per character."""
+    if stop_strings is None:
+        return ()
+    if isinstance(stop_strings, str):
+        stop_strings = (stop_strings,)
+    return tuple(s for s in stop_strings if s)
+
+
 class StopChecker:
     """Decides, token by token, whether a generation must stop after that token.
 
@@ -17,10 +26,10 @@ class StopChecker:
         self.tokenizer = tokenizer
         self.max_new_tokens = max_new_tokens
         self.eos_token_ids = eos_token_ids
-        self.stop_strings = tuple(s for s in stop_strings if s)
-        # A stop string of c characters spans at most c tokens, plus a few for tokens that are
-        # only part of one character (byte fallback); decoding that window suffices.
-        self._window = max((len(s) for s in self.stop_strings), default=0) + 4
+        self.stop_strings = normalize_stop_strings(stop_strings)
+        # A stop string of b UTF-8 bytes spans at most b tokens (byte-fallback tokenizers spell
+        # a character as up to 4 byte tokens), plus a few for a token that straddles its start.
+        self._window = max((len(s.encode("utf-8")) for s in self.stop_strings), default=0) + 4
         self.stop_reason: str | None = None
 
     def should_stop(self, generated: list[int]) -> bool:

@@ -48,8 +48,8 @@ GAMMA = 3
 # Holds every token of the vocabulary, so n-gram lookup always finds a match and proposes.
 PROMPT = [5, 2, 7, 0, 3, 6, 1, 4, 5, 2]
 ALPHA = 1e-3
-DRAWS = 3000
-DRAWS_BROKEN = 1500  # a broken rule is caught with far fewer draws
+DRAWS = 2000
+DRAWS_BROKEN = 1000  # a broken rule is caught with far fewer draws
 
 
 @pytest.fixture(autouse=True)
@@ -214,7 +214,6 @@ def check(models, drafter_kind, sampling, draws, policy=None):
         f"chi2={statistic:.1f} dof={dof} p={p_value:.2e} TV={total_variation(counts, exact, draws):.3f} "
         f"stats={dict(totals)}"
     )
-    print(report)
     return p_value, totals, report
 
 
@@ -256,8 +255,9 @@ def _always_accept(draft_tokens, draft_probs, target_probs, generator):
     return Verdict(accepted=num, next_token=int(sample(target_probs[num : num + 1], generator)))
 
 
-def _generic_rule(accept_test, residual_rule):
-    """verify_sampling with a pluggable acceptance test and residual, to build broken variants."""
+def _generic_rule(accept_test, residual_rule, bonus_offset=0):
+    """verify_sampling with a pluggable acceptance test, residual and bonus row, to build
+    broken variants (bonus_offset -1 takes the bonus from the last draft's row: off by one)."""
 
     def rule(draft_tokens, draft_probs, target_probs, generator):
         num = draft_tokens.shape[0]
@@ -267,7 +267,8 @@ def _generic_rule(accept_test, residual_rule):
         uniforms = torch.rand(num, generator=generator)
         accepted = int(accept_test(uniforms, p_x, q_x).int().cumprod(0).sum()) if num else 0
         if accepted == num:
-            return Verdict(accepted, int(sample(target_probs[num : num + 1], generator)))
+            row = max(num + bonus_offset, 0)
+            return Verdict(accepted, int(sample(target_probs[row : row + 1], generator)))
         p_row = target_probs[accepted]
         if draft_probs is not None:
             q_row = draft_probs[accepted]
@@ -284,6 +285,9 @@ BROKEN_RULES = {
     "always accept": _always_accept,
     "accept with min(1, q/p)": _generic_rule(lambda u, p, q: u * p < q, lambda p, q: (p - q).clamp_min(0)),
     "residual p instead of max(0, p - q)": _generic_rule(lambda u, p, q: u * q < p, lambda p, q: p),
+    "bonus drawn from the last draft's row (off by one)": _generic_rule(
+        lambda u, p, q: u * q < p, lambda p, q: (p - q).clamp_min(0), bonus_offset=-1
+    ),
 }
 
 

@@ -14,10 +14,8 @@ A method is a backend plus overrides, written ``name`` or ``name:gamma=K`` (swee
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Protocol
-
-import torch
 
 from ..devices import resolve_device
 from ..drafters import DraftLengthPolicy, ModelDraft, NgramDraft
@@ -180,11 +178,7 @@ class HFBackend:
         m = self.models
         kwargs = {}
         if self.name == "hf_assisted":
-            draft = m.draft.model
-            if draft is m.target.model:
-                raise UsageError("hf_assisted needs a draft model distinct from the target object; "
-                                 "transformers cannot assist a model with itself")
-            kwargs.update(assistant_model=draft, assistant_settings={
+            kwargs.update(assistant_model=m.draft.model, assistant_settings={
                 "num_assistant_tokens": config.gamma,
                 "num_assistant_tokens_schedule": "constant" if self.config.get("speculative.draft_schedule") == "constant" else "heuristic",
             })

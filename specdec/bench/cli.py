@@ -14,7 +14,7 @@ from . import results as R
 from .config import load_config, parse_set
 from .report import comparison_table, print_summary, rerender
 from .runner import BenchmarkRunner
-from .sweep import parse_gammas, sweep_markdown, sweep_methods, sweep_rows, sweep_table
+from .sweep import best_gamma, parse_gammas, sweep_markdown, sweep_methods, sweep_rows, sweep_table
 
 #: flag dest -> dotted config key
 FLAG_KEYS = {
@@ -38,6 +38,7 @@ FLAG_KEYS = {
     "shuffle": "workload.shuffle",
     "chat_template": "workload.chat_template",
     "max_turns": "workload.max_turns",
+    "per_category": "workload.per_category",
     "rate": "load.rate",
     "duration": "load.duration",
     "warmup": "run.warmup",
@@ -96,6 +97,7 @@ def _parser(command: str) -> argparse.ArgumentParser:
     p.add_argument("--no-chat-template", dest="chat_template", action="store_false", default=None,
                    help="tokenize prompts as plain text even when the tokenizer has a chat template")
     p.add_argument("--max-turns", type=int)
+    p.add_argument("--per-category", type=int, help="at most this many prompts of each category")
     p.add_argument("--rate", type=float, help="Poisson arrivals, requests/s (switches to load.mode poisson)")
     p.add_argument("--duration", type=float, help="Poisson mode: seconds of arrivals")
     p.add_argument("--warmup", type=int)
@@ -128,7 +130,10 @@ def main(command: str, argv: list[str]) -> int:
         args = _parser(command).parse_args(argv)
     except SystemExit as exit_:  # --help
         return int(exit_.code or 0)
+    previous = _sigterm_as_interrupt()
     out = Console()
+    if not out.is_terminal:  # logs and pipes: wide enough that tables do not fold
+        out = Console(width=180)
     err = Console(stderr=True)
     try:
         if command == "report":
@@ -137,7 +142,28 @@ def main(command: str, argv: list[str]) -> int:
             return _sweep(args, out, err)
         return _bench(args, out, err)
     except KeyboardInterrupt:
+        err.print("[yellow]interrupted: finished requests are saved in responses.jsonl; run the same command again to resume[/yellow]")
         return 130
+    finally:
+        if previous is not None:
+            import signal
+
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _sigterm_as_interrupt() -> None:
+    """``kill PID`` ends a run like Ctrl-C: finished requests are already on disk, and the
+    aggregates are written before exiting (SIGKILL loses nothing either, but skips that)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    return signal.signal(signal.SIGTERM, handler)
 
 
 def _bench(args, out: Console, err: Console) -> int:
@@ -189,8 +215,7 @@ def _sweep(args, out: Console, err: Console) -> int:
     out.print(sweep_table(rows))
     markdown = sweep_markdown(rows)
     out.print(markdown.strip().splitlines()[-1])
-    R.write_json(runner.results.file("sweep.json"), {"method": method, "rows": rows,
-                                                     "best_gamma": next(iter([l for l in markdown.splitlines() if l.startswith("best")]), None)})
+    R.write_json(runner.results.file("sweep.json"), {"method": method, "rows": rows, "best_gamma": best_gamma(rows)})
     runner.results.file("sweep.md").write_text(markdown, encoding="utf-8")
     return 0
 

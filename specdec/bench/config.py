@@ -53,6 +53,7 @@ FIELDS: dict[str, tuple[Any, Any, str]] = {
     "workload.seed": (int, 0, "shuffle and arrival seed"),
     "workload.chat_template": (bool, True, "apply the tokenizer's chat template when it has one"),
     "workload.max_turns": (int, None, "use at most this many turns of multi-turn prompts"),
+    "workload.per_category": (int, None, "use at most this many prompts of each category"),
     "load.mode": (str, "fixed", "fixed (each prompt once) or poisson (arrivals at load.rate for load.duration)"),
     "load.rate": (float, None, "Poisson arrival rate, requests per second"),
     "load.duration": (float, None, "Poisson mode: seconds of arrivals"),

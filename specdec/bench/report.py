@@ -45,7 +45,7 @@ def summary_tables(metrics: dict, title: str = "") -> list[Table]:
     speed = Table(title=f"{title} speed".strip(), title_justify="left")
     for column in ("method", "reqs", "tokens", "tok/s", "speedup [95% CI]", "tok/s ratio", "fwd speedup",
                    "TTFT p50 ms", "TPOT p50 ms", "e2e p50/p90/p99 ms", "greedy identical"):
-        speed.add_column(column, justify="left" if column == "method" else "right")
+        speed.add_column(column, justify="left" if column == "method" else "right", no_wrap=column in ("method", "speedup [95% CI]"))
     for label, s in methods.items():
         e2e = s.get("e2e_s") or {}
         speed.add_row(label, str(s["requests"]), str(s["new_tokens"]), fmt(s.get("tokens_per_s"), 1), speedup_text(s),
@@ -55,7 +55,7 @@ def summary_tables(metrics: dict, title: str = "") -> list[Table]:
     accept = Table(title=f"{title} acceptance".strip(), title_justify="left")
     for column in ("method", "gamma", "alpha", "accept rate", "tau", "expected tau", "c", "predicted", "efficiency",
                    "throughput tok/s", "J/token", "peak mem MiB"):
-        accept.add_column(column, justify="left" if column == "method" else "right")
+        accept.add_column(column, justify="left" if column == "method" else "right", no_wrap=column == "method")
     for label, s in methods.items():
         mem = s.get("peak_mem_bytes")
         accept.add_row(label, fmt(s.get("gamma")), fmt(s.get("alpha"), 3), fmt(s.get("draft_acceptance_rate"), 3),

@@ -12,13 +12,9 @@ keyword overrides (dotted keys).
 
 from __future__ import annotations
 
-import sys
-import time
 import zlib
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from pathlib import Path
-
 import torch
 
 from ..errors import UsageError
@@ -116,11 +112,12 @@ class BenchmarkRunner:
         if found:
             self._print(f"resuming {self.results.path}: {found} finished request(s) kept")
         done = {r["key"]: r for r in self.results.load_records()}
+        self.models = Models(self.config, self.log)
+        prompts = self._drop_oversized(prompts)
         jobs = build_schedule(self.config, prompts)
         total = sum(len(j.prompt.turns) for j in jobs) * len(specs)
         todo = total - sum(1 for j in jobs for t in range(len(j.prompt.turns)) for s in specs
                            if R.record_key(s.label, j.prompt_id, t + 1, j.repeat) in done)
-        self.models = Models(self.config, self.log)
         monitor = None
         session = None
         interrupted = False
@@ -135,7 +132,6 @@ class BenchmarkRunner:
                 self._loop(specs, backends, jobs, done, monitor, total, todo)
         except KeyboardInterrupt:
             interrupted = True
-            self._print("[yellow]interrupted: finished requests are saved; run the same command again to resume[/yellow]")
         finally:
             if monitor is not None:
                 session = monitor.stop()
@@ -144,6 +140,28 @@ class BenchmarkRunner:
         if interrupted:
             raise KeyboardInterrupt
         return metrics
+
+    def _drop_oversized(self, prompts: list[Prompt]) -> list[Prompt]:
+        """Leave out prompts whose first turn plus ``generation.max_tokens`` exceeds the target's
+        context, naming them, rather than failing mid-run on one long prompt."""
+        limit = self.models.engine.context_limit
+        if not limit:
+            return prompts
+        budget = self.config.get("generation.max_tokens")
+        tokenizer = self.models.target.tokenizer
+        chat = self.config.get("workload.chat_template")
+        kept, dropped = [], []
+        for prompt in prompts:
+            length = len(encode_turns(tokenizer, [{"role": "user", "content": prompt.turns[0]}], chat))
+            (kept if length + budget <= limit else dropped).append((prompt, length))
+        if dropped:
+            names = ", ".join(f"{p.id} ({n} tokens)" for p, n in dropped[:5]) + (" ..." if len(dropped) > 5 else "")
+            self._print(f"left out {len(dropped)} prompt(s) that do not fit the model's context of {limit} tokens "
+                        f"with {budget} new tokens: {names}")
+        if not kept:
+            raise UsageError(f"no prompt fits the model's context of {limit} tokens with {budget} new tokens; "
+                             "lower generation.max_tokens or pick shorter prompts")
+        return [p for p, _ in kept]
 
     def _warmup(self, specs, backends, prompt: Prompt) -> None:
         """The same warm-up for every method (first prompt, first turn), alternating; excluded."""

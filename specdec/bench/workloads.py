@@ -148,9 +148,10 @@ def read_prompts(source: str | Path) -> list[Prompt]:
 
 
 def select(prompts: list[Prompt], categories=(), num_prompts: int | None = None, shuffle: bool = False,
-           seed: int = 0, max_turns: int | None = None) -> list[Prompt]:
+           seed: int = 0, max_turns: int | None = None, per_category: int | None = None) -> list[Prompt]:
     """Filter by category, shuffle (seeded; the first n of a larger selection are the same
-    prompts), keep at most ``num_prompts`` and ``max_turns``."""
+    prompts), keep at most ``per_category`` prompts of each category, then at most
+    ``num_prompts`` in all, and at most ``max_turns`` turns of each."""
     chosen = list(prompts)
     if categories:
         wanted = set(categories)
@@ -160,6 +161,14 @@ def select(prompts: list[Prompt], categories=(), num_prompts: int | None = None,
             raise UsageError(f"no prompt has category {', '.join(sorted(wanted))}; categories in the file: {', '.join(known)}")
     if shuffle:
         random.Random(seed).shuffle(chosen)
+    if per_category is not None:
+        seen: dict[str, int] = {}
+        kept = []
+        for prompt in chosen:
+            seen[prompt.category] = seen.get(prompt.category, 0) + 1
+            if seen[prompt.category] <= per_category:
+                kept.append(prompt)
+        chosen = kept
     if num_prompts is not None:
         chosen = chosen[:num_prompts]
     if max_turns is not None:
@@ -171,7 +180,8 @@ def load_workload(config) -> list[Prompt]:
     """The prompts a :class:`BenchConfig` asks for."""
     source = config.get("workload.benchmark") or config.get("workload.sharegpt_dir")
     return select(read_prompts(source), config.get("workload.category"), config.get("workload.num_prompts"),
-                  config.get("workload.shuffle"), config.get("workload.seed"), config.get("workload.max_turns"))
+                  config.get("workload.shuffle"), config.get("workload.seed"), config.get("workload.max_turns"),
+                  config.get("workload.per_category"))
 
 
 def poisson_arrivals(rate: float, seed: int, duration: float | None = None, count: int | None = None) -> list[float]:
