@@ -35,7 +35,13 @@ from pathlib import Path
 import torch
 
 from specdec.devices import cpu_model_name, resolve_device
-from specdec.drafters import DraftLengthPolicy, ModelDraft, NgramDraft
+from specdec.drafters import (
+    DEFAULT_CONFIDENCE_THRESHOLD,
+    DEFAULT_DRAFT_SCHEDULE,
+    DraftLengthPolicy,
+    ModelDraft,
+    NgramDraft,
+)
 from specdec.engine import Engine, GenerationConfig
 from specdec.models import eos_token_ids, load_model
 from specdec.reference import hf_generate
@@ -45,8 +51,8 @@ REPO = Path(__file__).resolve().parents[1]
 FIXTURES = Path(os.environ.get("SPECDEC_FIXTURES", Path.home() / ".cache" / "specdec-fixtures"))
 DATA = REPO.parent / "shared" / "data" / "eagle"
 
-# specdec's default draft schedule (what SpeculativeDecoder and `specdec bench` use unless told).
-SPECDEC_DEFAULT_SCHEDULE = dict(mode="adaptive", confidence_threshold=0.4)
+# specdec's default draft schedule (what SpeculativeDecoder, `specdec` and `specdec bench` use).
+SPECDEC_DEFAULT_SCHEDULE = dict(mode=DEFAULT_DRAFT_SCHEDULE, confidence_threshold=DEFAULT_CONFIDENCE_THRESHOLD)
 
 
 def parse_args(argv=None):

@@ -15,6 +15,7 @@ import argparse
 import json
 import sys
 
+from .drafters import DEFAULT_DRAFT_SCHEDULE
 from .errors import SpecdecError, UsageError
 
 SUBCOMMANDS = ("demo", "bench", "sweep", "report")
@@ -54,8 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--top_p", type=float, default=1.0, help="nucleus sampling mass (1.0 = off)")
     parser.add_argument("--drafter", choices=("model", "ngram"), default="model",
                         help="model: the draft model proposes; ngram: prompt lookup, no draft model")
-    parser.add_argument("--draft_schedule", choices=("constant", "adaptive"), default="constant",
-                        help="constant: always gamma drafts; adaptive: length follows acceptance and draft confidence")
+    parser.add_argument("--draft_schedule", choices=("constant", "adaptive"), default=DEFAULT_DRAFT_SCHEDULE,
+                        help="adaptive (default): gamma is the first step's draft length, then it follows acceptance "
+                        "and the draft's confidence; constant: always gamma drafts")
     parser.add_argument("--ngram_max", type=int, default=3, help="longest n-gram to look up (drafter ngram)")
     parser.add_argument("--dtype", default="auto", help="auto, float32, bfloat16 or float16 (default: auto)")
     parser.add_argument("--chat", action="store_true", help="wrap the prompt in the tokenizer's chat template")

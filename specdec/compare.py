@@ -65,4 +65,13 @@ def comparison_report(decoder: SpeculativeDecoder, prompt: str, baseline: Genera
         "tokens_per_s_ratio": (s["tokens_per_s"] / b["tokens_per_s"]) if b["tokens_per_s"] else None,
         "forward_speedup": b["target_forwards"] / s["target_forwards"] if s["target_forwards"] else None,
         "identical": baseline.token_ids == speculative.token_ids if decoder.config.sampling.greedy else None,
+        "first_difference": first_difference(baseline.token_ids, speculative.token_ids),
     }
+
+
+def first_difference(left: list[int], right: list[int]) -> int | None:
+    """0-based index of the first new token where two outputs differ, or None when equal."""
+    for index, (a, b) in enumerate(zip(left, right)):
+        if a != b:
+            return index
+    return None if len(left) == len(right) else min(len(left), len(right))

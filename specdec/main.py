@@ -12,7 +12,14 @@ Models load once, in the constructor; every call reuses them.
 from __future__ import annotations
 
 from .devices import resolve_device
-from .drafters import DraftLengthPolicy, Drafter, ModelDraft, NgramDraft
+from .drafters import (
+    DEFAULT_CONFIDENCE_THRESHOLD,
+    DEFAULT_DRAFT_SCHEDULE,
+    DraftLengthPolicy,
+    Drafter,
+    ModelDraft,
+    NgramDraft,
+)
 from .engine import Engine, GenerationConfig, GenerationResult
 from .errors import UsageError
 from .models import LoadedModel, check_same_tokenizer, eos_token_ids, load_model
@@ -28,7 +35,8 @@ class SpeculativeDecoder:
     approx_model_name: the draft model (hub id, folder, .gguf file, or a loaded model);
         not needed with ``drafter="ngram"``.
     target_model_name: the target model, in the same forms.
-    gamma: draft tokens per verification step (>= 1).
+    gamma: draft tokens per verification step (>= 1); with the default adaptive schedule, the
+        length of the first step, after which it follows acceptance (1 to 16).
     max_tokens: new tokens per generation (>= 1).
     device: cpu, cuda, cuda:N, mps or auto; CUDA asked for on a machine without it warns once
         and runs on CPU.
@@ -37,8 +45,9 @@ class SpeculativeDecoder:
     seed: seeds each generation once (same prompt, same output); None draws afresh each call.
     dtype: auto, float32, bfloat16 or float16.
     drafter: "model" (the draft model) or "ngram" (prompt lookup, no draft model).
-    draft_schedule: "constant" (always gamma) or "adaptive" (length follows acceptance, and
-        the draft stops when its confidence drops below ``confidence_threshold``).
+    draft_schedule: "adaptive" (default: +2 after a fully accepted step, -1 after a rejection,
+        and the draft stops when its probability of its own token drops below
+        ``confidence_threshold``) or "constant" (always gamma).
     tokenizer / draft_tokenizer: needed when passing model objects instead of names.
     stop_strings: generation stops when the text contains one of these.
     """
@@ -56,8 +65,8 @@ class SpeculativeDecoder:
         seed: int | None = None,
         dtype: str = "auto",
         drafter: str = "model",
-        draft_schedule: str = "constant",
-        confidence_threshold: float = 0.4,
+        draft_schedule: str = DEFAULT_DRAFT_SCHEDULE,
+        confidence_threshold: float = DEFAULT_CONFIDENCE_THRESHOLD,
         ngram_max: int = 3,
         ngram_min: int = 1,
         tokenizer=None,

@@ -7,12 +7,11 @@ from rich.table import Table
 from rich.text import Text
 
 
+from .formatting import fmt
+
+
 def _fmt(value, digits: int = 3, suffix: str = "") -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.{digits}f}{suffix}"
-    return f"{value}{suffix}"
+    return fmt(value, digits, suffix)
 
 
 def render_comparison(report: dict, console: Console | None = None) -> None:
@@ -59,8 +58,15 @@ def render_comparison(report: dict, console: Console | None = None) -> None:
     )
     console.print(f"[bold]per-position acceptance[/] (accept_at[k]) {accept_at}")
     if report["identical"] is not None:
-        verdict = "[green]identical[/]" if report["identical"] else "[red]DIFFERENT[/]"
-        console.print(f"[bold]greedy outputs[/] {verdict} (token for token)")
+        if report["identical"]:
+            console.print("[bold]greedy outputs[/] [green]identical[/] (token for token)")
+        else:
+            console.print(f"[bold]greedy outputs[/] [red]DIFFERENT[/] from new token {report['first_difference']}")
+            if report["dtype"] in ("bfloat16", "float16"):
+                console.print(
+                    f"  why: in {report['dtype']}, verifying several tokens in one forward rounds differently from "
+                    "one-token decoding, so near-tied tokens can flip; run with --dtype float32 for exact equality"
+                )
     console.print(Text("baseline text:    ", style="bold") + Text(report["baseline"]["text"]))
     console.print(Text("speculative text: ", style="bold") + Text(report["speculative"]["text"]))
 

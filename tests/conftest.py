@@ -90,3 +90,12 @@ def make_tiny_llama(seed: int = 0, vocab_size: int = 64, layers: int = 2, hidden
 def tiny_llama():
     """Factory fixture: ``tiny_llama(seed=..., vocab_size=..., layers=...)``."""
     return make_tiny_llama
+
+
+@pytest.fixture
+def one_thread():
+    """Run a test on one thread: tiny models run faster on one than on two contended ones."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

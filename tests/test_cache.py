@@ -24,13 +24,7 @@ CPU = torch.device("cpu")
 ATOL = RTOL = 1e-4
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run faster on one thread than on two contended ones."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def fresh_logits(model, tokens: list[int], rows: int) -> torch.Tensor:

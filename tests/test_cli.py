@@ -24,6 +24,7 @@ def test_greedy_comparison_is_identical_and_reports_acceptance(capsys, stories_p
     report = run_json(
         capsys, "--num_sample_tok", "3", "--small_model", str(stories_path), "--big_model", str(stories_path),
         "--prompt", "Once upon a time", "--max_new_tok", "12", "--device", "cpu", "--no-sample",
+        "--draft_schedule", "constant",
     )
     assert report["greedy"] is True
     assert report["identical"] is True
@@ -33,7 +34,17 @@ def test_greedy_comparison_is_identical_and_reports_acceptance(capsys, stories_p
     # Draft == target: every draft is accepted, so the target runs far fewer forwards.
     assert stats["alpha"] == 1.0
     assert stats["target_forwards"] < report["baseline"]["stats"]["target_forwards"]
-    assert len(stats["accept_at"]) == 3
+    assert len(stats["accept_at"]) == 3  # constant schedule: exactly gamma positions
+
+
+def test_default_draft_schedule_is_adaptive_and_grows_past_gamma(capsys, stories_path):
+    """Draft == target accepts everything, so the adaptive default lengthens the drafts."""
+    report = run_json(
+        capsys, "--num_sample_tok", "2", "--small_model", str(stories_path), "--big_model", str(stories_path),
+        "--prompt", "Once upon a time", "--max_new_tok", "24", "--device", "cpu", "--no-sample",
+    )
+    assert report["identical"] is True
+    assert len(report["speculative"]["stats"]["accept_at"]) > 2
 
 
 def test_aliases_map_onto_the_published_flags(capsys, stories_path):
@@ -167,3 +178,13 @@ def test_console_script_runs_as_a_user_would(stories_path):
     bad = subprocess.run([sys.executable, "-m", "specdec", "--num_sample_tok", "-1"], capture_output=True, text=True,
                          env=env, timeout=300)
     assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0 and "gamma" in bad.stderr
+
+
+def test_unreachable_hub_fails_at_once_and_says_offline(capsys, monkeypatch):
+    """Without HF_HUB_OFFLINE, an unreachable hub is reported at once (no minute of retries)."""
+    import specdec.models
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(specdec.models, "_reachable", lambda url, timeout_s=3.0: False)
+    line = _bad(capsys, "--num_sample_tok", "2", "--big_model", "no-such-org/no-such-model", "--device", "cpu")
+    assert "offline" in line and "local folder" in line

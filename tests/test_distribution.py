@@ -52,13 +52,7 @@ DRAWS = 2000
 DRAWS_BROKEN = 1000  # a broken rule is caught with far fewer draws
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: one thread avoids thread-pool wake-ups dominating each op on a busy machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class TableLM(torch.nn.Module):

@@ -21,13 +21,7 @@ from specdec.sampling import GREEDY, SamplingParams, make_generator
 CPU = torch.device("cpu")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run faster on one thread than on two contended ones."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # --- lookup_continuation ----------------------------------------------------------------------

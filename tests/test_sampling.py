@@ -18,13 +18,7 @@ from specdec.sampling import GREEDY, SamplingParams, make_generator, probabiliti
 CPU = torch.device("cpu")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: one thread is faster than two contended ones."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def kept(logits: torch.Tensor, **params) -> set[int]:

@@ -19,13 +19,7 @@ CPU = torch.device("cpu")
 ALPHA = 1e-3
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: one thread is faster than two contended ones."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def one_hot_logits(rows: list[int], vocab: int = 10) -> torch.Tensor:

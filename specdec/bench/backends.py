@@ -178,20 +178,25 @@ class HFBackend:
         m = self.models
         kwargs = {}
         if self.name == "hf_assisted":
-            kwargs.update(assistant_model=m.draft.model, assistant_settings={
-                "num_assistant_tokens": config.gamma,
-                "num_assistant_tokens_schedule": "constant" if self.config.get("speculative.draft_schedule") == "constant" else "heuristic",
-            })
+            kwargs.update(assistant_model=m.draft.model, assistant_settings=self.assistant_settings(config.gamma))
         elif self.name == "hf_prompt_lookup":
             kwargs.update(prompt_lookup_num_tokens=config.gamma, max_matching_ngram_size=self.config.get("speculative.ngram_max"))
         return hf_generate(m.target.model, m.target.tokenizer, prompt_ids, config, m.device, m.engine.eos_token_ids, **kwargs)
+
+    def assistant_settings(self, gamma: int) -> dict:
+        """transformers' assistant settings that mirror specdec's draft schedule: constant means
+        exactly gamma drafts (no confidence cut-off, which transformers applies by default);
+        adaptive means its "heuristic" schedule with the same confidence threshold."""
+        if self.config.get("speculative.draft_schedule") == "constant":
+            return {"num_assistant_tokens": gamma, "num_assistant_tokens_schedule": "constant",
+                    "assistant_confidence_threshold": 0.0}
+        return {"num_assistant_tokens": gamma, "num_assistant_tokens_schedule": "heuristic",
+                "assistant_confidence_threshold": self.config.get("speculative.confidence_threshold")}
 
     def ignored_options(self, config) -> list[str]:
         ignored = _native_ignored(config)
         if self.name == "hf_prompt_lookup" and config.get("speculative.ngram_min") != 1:
             ignored.append("speculative.ngram_min (transformers' prompt lookup only takes a max n-gram size)")
-        if self.name == "hf_assisted" and config.get("speculative.draft_schedule") == "adaptive":
-            ignored.append("speculative.confidence_threshold (transformers' heuristic schedule is used instead)")
         return ignored
 
 

@@ -18,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from ..drafters import DEFAULT_CONFIDENCE_THRESHOLD, DEFAULT_DRAFT_SCHEDULE
 from ..errors import UsageError
 
 # dotted key -> (type, default, help). type is one of: str, int, float, bool, "list".
@@ -35,8 +36,8 @@ FIELDS: dict[str, tuple[Any, Any, str]] = {
     "speculative.num_speculative_tokens": (int, 4, "gamma: draft tokens per verification step"),
     "speculative.ngram_max": (int, 3, "largest n-gram matched by n-gram drafting"),
     "speculative.ngram_min": (int, 1, "smallest n-gram matched by n-gram drafting"),
-    "speculative.draft_schedule": (str, "constant", "constant or adaptive draft length"),
-    "speculative.confidence_threshold": (float, 0.4, "adaptive schedule: stop drafting below this draft probability"),
+    "speculative.draft_schedule": (str, DEFAULT_DRAFT_SCHEDULE, "adaptive (default) or constant draft length"),
+    "speculative.confidence_threshold": (float, DEFAULT_CONFIDENCE_THRESHOLD, "adaptive schedule: stop drafting below this draft probability"),
     "engine.backend": (str, "native", "native (specdec + transformers); vllm / openai are planned"),
     "engine.device": (str, "auto", "auto, cpu, cuda, cuda:N, mps"),
     "engine.dtype": (str, "auto", "auto, float32, bfloat16, float16"),

@@ -8,15 +8,8 @@ from rich.console import Console
 from rich.table import Table
 
 from ..errors import UsageError
+from ..formatting import fmt
 from . import results as R
-
-
-def fmt(value, digits: int = 2, unit: str = "") -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.{digits}f}{unit}"
-    return f"{value}{unit}"
 
 
 def ms(value) -> str:
