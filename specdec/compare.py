@@ -53,6 +53,7 @@ def comparison_report(decoder: SpeculativeDecoder, prompt: str, baseline: Genera
         "device": str(decoder.device),
         "dtype": str(decoder.target.dtype).removeprefix("torch."),
         "gamma": decoder.config.gamma,
+        "draft_schedule": decoder.draft_schedule,
         "max_new_tokens": decoder.config.max_new_tokens,
         "greedy": decoder.config.sampling.greedy,
         "temperature": decoder.config.sampling.temperature,

@@ -92,6 +92,7 @@ class SpeculativeDecoder:
         self.target: LoadedModel = load_model(target_model_name, self.device, dtype, tokenizer, log)
         self.draft: LoadedModel | None = None
         self.drafter: Drafter
+        self.draft_schedule = draft_schedule if drafter == "model" else "constant"
         if drafter == "model":
             self.draft = load_model(approx_model_name, self.device, dtype, draft_tokenizer or tokenizer, log)
             check_same_tokenizer(self.target.tokenizer, self.draft.tokenizer, self.target.source, self.draft.source)

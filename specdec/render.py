@@ -24,7 +24,7 @@ def render_comparison(report: dict, console: Console | None = None) -> None:
     )
     drafter = f"draft model {report['draft']}" if report["drafter"] == "model" else "n-gram prompt lookup"
     console.print(
-        f"[bold]target[/] {report['target']}  [bold]drafter[/] {drafter}  [bold]gamma[/] {report['gamma']}  "
+        f"[bold]target[/] {report['target']}  [bold]drafter[/] {drafter}  [bold]gamma[/] {report['gamma']} ({report['draft_schedule']})  "
         f"[bold]device[/] {report['device']} ({report['dtype']})  [bold]mode[/] {mode}  "
         f"[bold]max new tokens[/] {report['max_new_tokens']}"
     )

@@ -90,7 +90,7 @@ def plot_tokens_per_category(summary: dict, path: Path) -> str | None:
     categories = sorted({c for s in summary["methods"].values() for c in (s.get("per_category") or {})})
     if not methods or not categories:
         return None
-    fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(categories) * max(1, len(methods)) / 2), 4))
+    fig, ax = plt.subplots(figsize=(min(14, max(6, 0.35 * len(categories) * max(1, len(methods)))), 4.5))
     width = 0.8 / len(methods)
     for i, label in enumerate(methods):
         per = summary["methods"][label].get("per_category") or {}
