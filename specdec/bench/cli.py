@@ -208,6 +208,10 @@ def _sweep(args, out: Console, err: Console) -> int:
     if ":" in method or method in ("target", "hf_generate"):
         raise UsageError(f"--method {method!r}: sweep a drafting method (speculative, ngram, hf_assisted, hf_prompt_lookup)")
     config.set("run.methods", sweep_methods(method, gammas), "command line")
+    if "speculative.draft_schedule" not in config.explicit:
+        # A gamma sweep measures fixed draft lengths; the adaptive default would make gamma only
+        # the first step's length. An explicit --draft-schedule adaptive is honoured.
+        config.set("speculative.draft_schedule", "constant", "sweep")
     runner = BenchmarkRunner(config, args.output_dir, args.overwrite, console=None if args.no_progress else err)
     metrics = runner.run()
     print_summary(out, metrics)
