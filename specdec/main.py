@@ -90,6 +90,9 @@ class SpeculativeDecoder:
         self.config.validate()
         self.device = resolve_device(device)
         self.target: LoadedModel = load_model(target_model_name, self.device, dtype, tokenizer, log)
+        self.engine = Engine(
+            self.target.model, self.target.tokenizer, self.device, eos_token_ids(self.target.model, self.target.tokenizer)
+        )
         self.draft: LoadedModel | None = None
         self.drafter: Drafter
         self.draft_schedule = draft_schedule if drafter == "model" else "constant"
@@ -97,18 +100,13 @@ class SpeculativeDecoder:
             self.draft = load_model(approx_model_name, self.device, dtype, draft_tokenizer or tokenizer, log)
             check_same_tokenizer(self.target.tokenizer, self.draft.tokenizer, self.target.source, self.draft.source)
             policy = DraftLengthPolicy(draft_schedule, confidence_threshold)
-            self.drafter = ModelDraft(self.draft.model, self.engine_vocab_size(), policy)
+            self.drafter = ModelDraft(self.draft.model, self.engine.vocab_size, policy)
         else:
             self.drafter = NgramDraft(max_ngram=ngram_max, min_ngram=ngram_min)
-        self.engine = Engine(
-            self.target.model, self.target.tokenizer, self.device, eos_token_ids(self.target.model, self.target.tokenizer)
-        )
-
-    def engine_vocab_size(self) -> int:
-        return self.target.model.get_output_embeddings().weight.shape[0]
 
     @property
     def tokenizer(self):
+        """The target's tokenizer (shared with the draft)."""
         return self.target.tokenizer
 
     def encode(self, text: str, chat: bool = False) -> list[int]:
