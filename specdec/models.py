@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -121,20 +122,28 @@ def _looks_like_path(text: str) -> bool:
     return text.startswith((".", "/", "~")) or os.sep in text and text.count("/") != 1 or text.endswith((".safetensors", ".bin", ".pt"))
 
 
-def _from_pretrained(location: str, dtype: torch.dtype, tokenizer, **kwargs):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+@contextmanager
+def quiet_transformers():
+    """Keep transformers' own chatter (progress bars, notes, deprecation warnings) off the
+    console while loading or running a measured call; our tables are the output."""
     from transformers.utils import logging as hf_logging
 
     verbosity = hf_logging.get_verbosity()
-    # Keep load-time chatter (progress bars, notes) off the console: our table is the output.
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     try:
-        tok = tokenizer if tokenizer is not None else AutoTokenizer.from_pretrained(location, **kwargs)
-        model = AutoModelForCausalLM.from_pretrained(location, dtype=dtype, **kwargs)
+        yield
     finally:
         hf_logging.set_verbosity(verbosity)
         hf_logging.enable_progress_bar()
+
+
+def _from_pretrained(location: str, dtype: torch.dtype, tokenizer, **kwargs):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    with quiet_transformers():
+        tok = tokenizer if tokenizer is not None else AutoTokenizer.from_pretrained(location, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(location, dtype=dtype, **kwargs)
     return model, tok
 
 

@@ -15,6 +15,7 @@ import torch
 
 from .devices import synchronized_clock
 from .engine import GenerationConfig, GenerationResult
+from .models import quiet_transformers
 from .stats import ratio
 
 
@@ -63,7 +64,7 @@ def hf_generate(
     attention_mask = torch.ones_like(input_ids)
     if config.seed is not None:
         torch.manual_seed(config.seed)
-    with _assistant_settings(assistant_model, assistant_settings), _quiet_transformers(), torch.inference_mode():
+    with _assistant_settings(assistant_model, assistant_settings), quiet_transformers(), torch.inference_mode():
         started = synchronized_clock(device)
         output = model.generate(
             input_ids, attention_mask=attention_mask, assistant_model=assistant_model, **kwargs
@@ -83,20 +84,6 @@ def hf_generate(
         "tokens_per_s": ratio(len(new_ids), e2e),
     }
     return GenerationResult(text=tokenizer.decode(new_ids, skip_special_tokens=True), token_ids=new_ids, stats=stats)
-
-
-@contextmanager
-def _quiet_transformers():
-    """Silence transformers' own deprecation chatter during a measured call (assisted generation
-    warns about arguments it passes to itself); our tables are the output."""
-    from transformers.utils import logging as hf_logging
-
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
-    try:
-        yield
-    finally:
-        hf_logging.set_verbosity(verbosity)
 
 
 @contextmanager
