@@ -192,8 +192,8 @@ def main(argv=None) -> int:
     engine = Engine(target.model, tokenizer, device, eos)
     vocab = engine.vocab_size
     config = GenerationConfig(max_new_tokens=args.max_new_tokens, sampling=GREEDY, gamma=args.gamma)
-    constant = ModelDraft(draft.model, vocab, DraftLengthPolicy("constant"))
-    default = ModelDraft(draft.model, vocab, DraftLengthPolicy(**SPECDEC_DEFAULT_SCHEDULE))
+    constant = ModelDraft(draft.model, vocab, DraftLengthPolicy("constant"), keep_ids=eos)
+    default = ModelDraft(draft.model, vocab, DraftLengthPolicy(**SPECDEC_DEFAULT_SCHEDULE), keep_ids=eos)
     ngram = NgramDraft(max_ngram=args.lookup_ngram, min_ngram=1)
     chat_prompts = load_prompts("humaneval", args.prompts, tokenizer) + load_prompts("mt_bench", args.prompts, tokenizer)
     sum_prompts = load_prompts("sum", args.prompts, tokenizer)

@@ -15,6 +15,7 @@ import argparse
 import json
 import sys
 
+from .draft_head import DEFAULT_DRAFT_VOCAB
 from .drafters import DEFAULT_DRAFT_SCHEDULE
 from .errors import SpecdecError, UsageError
 
@@ -62,6 +63,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dtype", default="auto", help="auto, float32, bfloat16 or float16 (default: auto)")
     parser.add_argument("--chat", action="store_true", help="wrap the prompt in the tokenizer's chat template")
     parser.add_argument("--stop", action="append", default=[], metavar="TEXT", help="stop string (repeatable)")
+    parser.add_argument("--prepack", action=argparse.BooleanOptionalAction, default=True,
+                        help="CPU bf16/fp16: decode on oneDNN-prepacked weights where bit-identical (default: on)")
+    parser.add_argument("--draft_vocab", type=int, default=DEFAULT_DRAFT_VOCAB,
+                        help="draft scores only this many frequent token ids plus the prompt's when the vocabulary "
+                        f"is over twice as large (lossless; 0 = all; default {DEFAULT_DRAFT_VOCAB})")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     return parser
 
@@ -72,6 +78,8 @@ def settings_from_args(args: argparse.Namespace) -> dict:
         raise UsageError(f"--num_sample_tok (gamma) must be >= 1, got {args.gamma}")
     if args.max_new_tok < 1:
         raise UsageError(f"--max_new_tok must be >= 1, got {args.max_new_tok}")
+    if args.draft_vocab < 0:
+        raise UsageError(f"--draft_vocab must be >= 0 (0 scores the whole vocabulary), got {args.draft_vocab}")
     device = args.device
     if args.gpu is not None:
         if args.gpu < 0:
@@ -95,6 +103,8 @@ def settings_from_args(args: argparse.Namespace) -> dict:
         draft_schedule=args.draft_schedule,
         ngram_max=args.ngram_max,
         stop_strings=tuple(args.stop),
+        prepack=args.prepack,
+        draft_vocab=args.draft_vocab,
     )
 
 

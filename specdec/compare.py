@@ -55,6 +55,7 @@ def comparison_report(decoder: SpeculativeDecoder, prompt: str, baseline: Genera
         "gamma": decoder.config.gamma,
         "draft_schedule": decoder.draft_schedule,
         "max_new_tokens": decoder.config.max_new_tokens,
+        "prepack": decoder.prepack_notes,
         "greedy": decoder.config.sampling.greedy,
         "temperature": decoder.config.sampling.temperature,
         "top_k": decoder.config.sampling.top_k,

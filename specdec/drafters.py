@@ -20,6 +20,8 @@ import torch
 
 from .cache import KVCache
 from .forward import ForwardTimer, forward_logits
+from .draft_head import DEFAULT_DRAFT_VOCAB, with_subset_head
+from .prepack import decode_model
 from .sampling import SamplingParams, probabilities, sample
 
 
@@ -122,6 +124,11 @@ class DraftLengthPolicy:
 class ModelDraft(Drafter):
     """Drafting with a small causal LM that shares the target's tokenizer.
 
+    draft_vocab: with a vocabulary over twice this size, the draft scores only this many
+        frequent ids plus the prompt's and ``keep_ids`` (:mod:`specdec.draft_head`); None or
+        0 scores the whole vocabulary.
+    prepack: run draft forwards on prepacked weights where exact (:mod:`specdec.prepack`).
+
     The draft keeps its own KV cache. At each step it rolls the cache back to the longest
     prefix it holds that is still part of the context (accepted drafts stay cached; rejected
     ones are cropped), feeds what is missing, then drafts one token per forward.
@@ -129,9 +136,26 @@ class ModelDraft(Drafter):
 
     name = "model"
 
-    def __init__(self, model: torch.nn.Module, target_vocab_size: int, length_policy: DraftLengthPolicy | None = None):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        target_vocab_size: int,
+        length_policy: DraftLengthPolicy | None = None,
+        prepack: bool = True,
+        draft_vocab: int | None = DEFAULT_DRAFT_VOCAB,
+        keep_ids=(),
+    ):
         super().__init__()
         self.model = model
+        # Draft forwards run on the prepacked copy where that is exact (see specdec.prepack).
+        self.decode_model, self.pack_report = decode_model(model, enabled=prepack)
+        # With a large vocabulary, score only the frequent ids, the prompt's and keep_ids
+        # (see specdec.draft_head); None when the vocabulary is small or draft_vocab is off.
+        self.subset_head = None
+        if draft_vocab:
+            subset = with_subset_head(self.decode_model, draft_vocab, keep_ids)
+            if subset is not None:
+                self.decode_model, self.subset_head = subset
         self.target_vocab_size = target_vocab_size
         self.length_policy = length_policy or DraftLengthPolicy()
         self.cache: KVCache | None = None
@@ -175,12 +199,14 @@ class ModelDraft(Drafter):
         self._known_valid = valid
         feed = context[valid:]
         is_prefill = self.cache.length == 0
+        if is_prefill and self.subset_head is not None:
+            self.subset_head.set_extra(context)
         tokens: list[int] = []
         rows: list[torch.Tensor] = []
         threshold = self.length_policy.confidence_threshold
         for _ in range(max_tokens):
             logits = self.timer.run(
-                forward_logits, self.model, self.cache, feed, self.device, prefill=is_prefill
+                forward_logits, self.decode_model, self.cache, feed, self.device, prefill=is_prefill
             )[-1]
             self.cached_ids.extend(feed)
             is_prefill = False

@@ -18,6 +18,7 @@ from .devices import synchronized_clock
 from .drafters import Drafter
 from .errors import UsageError
 from .forward import ForwardTimer, forward_logits
+from .prepack import decode_model
 from .sampling import SamplingParams, make_generator, probabilities, sample
 from .stats import StepStats, latency_summary, ratio
 from .stopping import StopChecker
@@ -71,10 +72,16 @@ class Engine:
     target: a transformers causal LM already on ``device`` and in eval mode.
     tokenizer: the target's tokenizer (for stop strings and the returned text).
     eos_token_ids: ids that end a generation.
+    prepack: run decode forwards on a copy of the target with its linear weights prepacked
+        for oneDNN where that gives bit-identical results (CPU, bf16/fp16; see
+        :mod:`specdec.prepack`); ``pack_report`` says what was done.
     """
 
-    def __init__(self, target: torch.nn.Module, tokenizer, device: torch.device, eos_token_ids: set[int]) -> None:
+    def __init__(
+        self, target: torch.nn.Module, tokenizer, device: torch.device, eos_token_ids: set[int], prepack: bool = True
+    ) -> None:
         self.target = target
+        self.decode_target, self.pack_report = decode_model(target, enabled=prepack)
         self.tokenizer = tokenizer
         self.device = device
         self.eos_token_ids = set(eos_token_ids)
@@ -108,7 +115,7 @@ class Engine:
             drafter.reset(self.device)
 
         started = synchronized_clock(self.device)
-        logits = target_timer.run(forward_logits, self.target, cache, list(prompt_ids), self.device, prefill=True)
+        logits = target_timer.run(forward_logits, self.decode_target, cache, list(prompt_ids), self.device, prefill=True)
         first = self._choose(logits, sampling, generator)
         context = list(prompt_ids) + [first]
         generated = [first]
@@ -122,7 +129,7 @@ class Engine:
             proposal = drafter.propose(context, budget, sampling, generator) if budget > 0 else None
             drafts = proposal.tokens[:budget] if proposal else []
             logits = target_timer.run(
-                forward_logits, self.target, cache, [context[-1]] + drafts, self.device, keep_logits=len(drafts) + 1
+                forward_logits, self.decode_target, cache, [context[-1]] + drafts, self.device, keep_logits=len(drafts) + 1
             )
             verdict = self._verify(drafts, proposal, logits, sampling, generator)
             # The cache now holds context + drafts; keep context + the accepted drafts.
@@ -180,6 +187,12 @@ class Engine:
             "t_target": t_target,
             "t_draft": t_draft,
             "c": ratio(t_draft, t_target) if t_draft is not None else None,
+            # Where the time went (seconds): the rest of e2e_s is the loop itself (sampling,
+            # verification, cache rollback, stop checks).
+            "target_prefill_s": target_timer.prefill_seconds,
+            "target_decode_s": target_timer.decode_seconds,
+            "draft_prefill_s": drafter.timer.prefill_seconds if drafter is not None and drafter.timer else 0.0,
+            "draft_decode_s": drafter.timer.decode_seconds if drafter is not None and drafter.timer else 0.0,
             **latency_summary(started, first_token_at, finished, len(generated)),
         }
 

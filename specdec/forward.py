@@ -36,25 +36,27 @@ def forward_logits(
 
 
 class ForwardTimer:
-    """Counts forward passes and sums their synchronized wall time (seconds)."""
+    """Counts forward passes and sums their synchronized wall time (seconds), prefill and
+    decode phase apart (``t_target`` / ``t_draft`` are decode-phase means)."""
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
         self.count = 0
         self.decode_count = 0
         self.decode_seconds = 0.0
+        self.prefill_seconds = 0.0
 
     def run(self, fn, *args, prefill: bool = False, **kwargs):
-        """Call ``fn`` and account for it; prefill passes count as forwards but are not timed
-        into the decode-phase mean (``t_target`` / ``t_draft`` are decode-phase figures)."""
-        if prefill:
-            self.count += 1
-            return fn(*args, **kwargs)
+        """Call ``fn`` and account for its time as prefill or decode phase."""
         started = synchronized_clock(self.device)
         result = fn(*args, **kwargs)
-        self.decode_seconds += synchronized_clock(self.device) - started
+        elapsed = synchronized_clock(self.device) - started
         self.count += 1
-        self.decode_count += 1
+        if prefill:
+            self.prefill_seconds += elapsed
+        else:
+            self.decode_seconds += elapsed
+            self.decode_count += 1
         return result
 
     @property

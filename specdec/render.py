@@ -28,6 +28,8 @@ def render_comparison(report: dict, console: Console | None = None) -> None:
         f"[bold]device[/] {report['device']} ({report['dtype']})  [bold]mode[/] {mode}  "
         f"[bold]max new tokens[/] {report['max_new_tokens']}"
     )
+    for note in report.get("prepack") or ():
+        console.print(Text(f"kernels: {note}", style="dim"))
     console.print(Text(f"prompt: {report['prompt']}"))
 
     table = Table(title="autoregressive baseline vs speculative decoding (after a warm-up of each)")

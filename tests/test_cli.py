@@ -100,6 +100,17 @@ def test_table_output_names_speedup_and_identity(capsys, stories_path):
         assert words in out
 
 
+def test_prepacking_is_reported_and_can_be_switched_off(capsys, stories_path):
+    argv = ("--num_sample_tok", "2", "--small_model", str(stories_path), "--big_model", str(stories_path),
+            "--max_new_tok", "6", "--device", "cpu", "--no-sample", "--dtype", "bfloat16")
+    on = run_json(capsys, *argv)
+    off = run_json(capsys, *argv, "--no-prepack", "--draft_vocab", "0")
+    assert [note.split(":")[0] for note in on["prepack"]] == ["target", "draft"]
+    assert all("switched off" in note for note in off["prepack"])
+    # Prepacking is exact: the same tokens either way.
+    assert on["speculative"]["token_ids"] == off["speculative"]["token_ids"] == off["baseline"]["token_ids"]
+
+
 def _bad(capsys, *argv: str) -> str:
     code = main(list(argv))
     captured = capsys.readouterr()
@@ -114,7 +125,8 @@ def test_missing_gamma_is_one_line(capsys):
     assert "--num_sample_tok" in _bad(capsys)
 
 
-@pytest.mark.parametrize("flag, value, words", [("--num_sample_tok", "0", "gamma"), ("--max_new_tok", "0", "--max_new_tok")])
+@pytest.mark.parametrize("flag, value, words", [("--num_sample_tok", "0", "gamma"), ("--max_new_tok", "0", "--max_new_tok"),
+                                                   ("--draft_vocab", "-1", "--draft_vocab")])
 def test_nonpositive_numbers_are_refused(capsys, flag, value, words):
     argv = {"--num_sample_tok": "3", "--max_new_tok": "5"}
     argv[flag] = value

@@ -180,12 +180,27 @@ def models():
     }
 
 
+class SubsetTableLM(TableLM):
+    """A TableLM draft that scores only some token ids (-inf for the rest), as a truncated
+    draft head does (specdec.draft_head): its q is 0 on tokens the target may well choose."""
+
+    SCORED = [0, 1, 2, 3, 4]
+
+    def forward(self, *args, **kwargs):
+        output = super().forward(*args, **kwargs)
+        masked = torch.full_like(output.logits, float("-inf"))
+        masked[..., self.SCORED] = output.logits[..., self.SCORED]
+        return CausalLMOutputWithPast(logits=masked)
+
+
 def draw(models, drafter_kind: str, sampling: SamplingParams, draws: int, policy: DraftLengthPolicy | None = None):
     """``draws`` speculative generations, seeds 0 .. draws-1; returns (sequence counts, summed stats)."""
     target = TableLM(models["target"], dict(models["target_table"]))
     engine = Engine(target, IdTokenizer(VOCAB), torch.device("cpu"), eos_token_ids=set())
     if drafter_kind == "model":
         drafter = ModelDraft(TableLM(models["draft"], dict(models["draft_table"])), VOCAB, policy)
+    elif drafter_kind == "subset model":
+        drafter = ModelDraft(SubsetTableLM(models["draft"], dict(models["draft_table"])), VOCAB, policy)
     else:
         drafter = NgramDraft(max_ngram=3, min_ngram=1)
     counts: Counter = Counter()
@@ -238,6 +253,14 @@ def test_adaptive_draft_schedule_sampling_output_has_the_target_distribution(mod
     p_value, totals, report = check(models, "model", SamplingParams(temperature=1.0, top_k=5), DRAWS, policy)
     assert totals["accepted"] > 0 and totals["rejections"] > 0, report
     assert p_value > ALPHA, f"adaptive-schedule speculative sampling differs from the target: {report}"
+
+
+def test_draft_scoring_a_subset_of_the_vocabulary_keeps_the_target_distribution(models):
+    """FR-Spec's truncated draft head: q is 0 outside the scored ids, and speculative sampling
+    is still exact (the residual max(0, p - q) carries the target's mass on the other ids)."""
+    p_value, totals, report = check(models, "subset model", SamplingParams(temperature=1.0), DRAWS)
+    assert totals["accepted"] > 0 and totals["rejections"] > 0, report
+    assert p_value > ALPHA, f"a subset-vocabulary draft changed the output distribution: {report}"
 
 
 # --- the check has power: deliberately broken acceptance rules fail it ---------------------

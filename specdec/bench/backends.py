@@ -96,8 +96,17 @@ class Models:
     def engine(self) -> Engine:
         if self._engine is None:
             t = self.target
-            self._engine = Engine(t.model, t.tokenizer, self.device, eos_token_ids(t.model, t.tokenizer))
+            self._engine = Engine(t.model, t.tokenizer, self.device, self.eos_ids, prepack=self.config.get("engine.prepack"))
         return self._engine
+
+    @property
+    def eos_ids(self) -> set[int]:
+        return eos_token_ids(self.target.model, self.target.tokenizer)
+
+    @property
+    def keep_ids(self) -> set[int]:
+        """Token ids a truncated draft head always scores: end-of-sequence and special tokens."""
+        return self.eos_ids | set(getattr(self.target.tokenizer, "all_special_ids", None) or ())
 
     @property
     def vocab_size(self) -> int:
@@ -139,7 +148,11 @@ class NativeBackend:
             else:
                 policy = DraftLengthPolicy(self.config.get("speculative.draft_schedule"),
                                            self.config.get("speculative.confidence_threshold"))
-                self._drafter = ModelDraft(self.models.draft.model, self.models.vocab_size, policy)
+                self._drafter = ModelDraft(
+                    self.models.draft.model, self.models.vocab_size, policy,
+                    prepack=self.config.get("engine.prepack"), draft_vocab=self.config.get("speculative.draft_vocab"),
+                    keep_ids=self.models.keep_ids,
+                )
         return self._drafter
 
     @property

@@ -18,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from ..draft_head import DEFAULT_DRAFT_VOCAB
 from ..drafters import DEFAULT_CONFIDENCE_THRESHOLD, DEFAULT_DRAFT_SCHEDULE
 from ..errors import UsageError
 
@@ -38,6 +39,8 @@ FIELDS: dict[str, tuple[Any, Any, str]] = {
     "speculative.ngram_min": (int, 1, "smallest n-gram matched by n-gram drafting"),
     "speculative.draft_schedule": (str, DEFAULT_DRAFT_SCHEDULE, "adaptive (default) or constant draft length"),
     "speculative.confidence_threshold": (float, DEFAULT_CONFIDENCE_THRESHOLD, "adaptive schedule: stop drafting below this draft probability"),
+    "speculative.draft_vocab": (int, DEFAULT_DRAFT_VOCAB, "draft scores only this many frequent ids (+ prompt's) when the vocabulary is over twice as large; 0 = all"),
+    "engine.prepack": (bool, True, "CPU bf16/fp16: decode on oneDNN-prepacked weights where bit-identical"),
     "engine.backend": (str, "native", "native (specdec + transformers); vllm / openai are planned"),
     "engine.device": (str, "auto", "auto, cpu, cuda, cuda:N, mps"),
     "engine.dtype": (str, "auto", "auto, float32, bfloat16, float16"),
