@@ -77,6 +77,7 @@ def parse_args(argv=None):
     p.add_argument("--lookup-ngram", type=int, default=2, help="max_matching_ngram_size, both sides")
     p.add_argument("--only", nargs="*", default=None, choices=COMPARISONS, help="run only these comparisons")
     p.add_argument("--output", default="benchmarks/results/vs_transformers.json")
+    p.add_argument("--report", metavar="JSON", help="print the tables of a saved run again (no models are loaded)")
     return p.parse_args(argv)
 
 
@@ -155,10 +156,13 @@ def summarize(records, reference_tokens: dict | None) -> dict:
         "identical": sum(r["identical"] for r in records),
         "prompts": len(records),
     }
-    if reference_tokens:
+    # Only prompts the ar comparison also ran have a reference (not the sum prompts of ngram).
+    referenced = [r for r in records if r["prompt"] in (reference_tokens or {})]
+    if referenced:
+        summary["referenced_prompts"] = len(referenced)
         for arm in ("specdec", "transformers"):
             summary[f"{arm}_equals_target_greedy"] = sum(
-                r["runs"][arm]["token_ids"] == reference_tokens.get(r["prompt"]) for r in records)
+                r["runs"][arm]["token_ids"] == reference_tokens[r["prompt"]] for r in referenced)
     summary["time_split"] = time_split(r["runs"]["specdec"]["stats"] for r in records)
     return summary
 
@@ -204,6 +208,19 @@ def time_split(stats_iter) -> dict:
     e2e = totals.pop("e2e_s")
     totals["loop_s"] = e2e - sum(totals.values())
     return {key.removesuffix("_s"): value / e2e for key, value in totals.items()} if e2e else {}
+
+
+def summarize_all(records, manifest, extra):
+    """Per-comparison summaries and the gamma-4 efficiency from the records of a run."""
+    reference = None
+    if records.get("ar"):
+        reference = {r["prompt"]: r["runs"]["transformers"]["token_ids"] for r in records["ar"]}
+    summaries = {key: {"label": manifest["labels"][key], **summarize(recs, reference),
+                       "ablations": ablation_summary(recs)} for key, recs in records.items() if recs}
+    extra = dict(extra)
+    if records.get("ar") and records.get("gamma4"):
+        extra["efficiency_gamma4"] = efficiency(records["ar"], records["gamma4"], manifest["gamma"])
+    return summaries, extra
 
 
 def predicted_speedup(alpha, gamma, c):
@@ -308,13 +325,20 @@ def build_comparisons(args, engines, target, draft, tokenizer, device, eos, conf
                       ours(packed, ngram, lookup_cfg),
                       theirs(lookup_cfg, prompt_lookup_num_tokens=args.lookup_tokens,
                              max_matching_ngram_size=args.lookup_ngram),
-                      {"specdec plain": ours(plain, ngram, lookup_cfg)}),
+                      {"specdec plain": ours(plain, ngram, lookup_cfg),
+                       "specdec latest match": ours(packed, NgramDraft(args.lookup_ngram, 1, match="latest"), lookup_cfg)}),
     }
 
 
 def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.report:
+        saved = json.loads(Path(args.report).read_text())
+        summaries, extra = summarize_all(saved["records"], saved["manifest"], saved.get("extra", {}))
+        print_tables(summaries, extra, saved["manifest"])
+        return 0
     try:
-        return run(parse_args(argv))
+        return run(args)
     except SpecdecError as error:
         print(f"vs_transformers: error: {error}", file=sys.stderr)
         return error.exit_code
@@ -361,14 +385,9 @@ def run(args) -> int:
             measure(key, arms, args.ablation_prompts, log, lambda recs, key=key: save(key, recs))
     except KeyboardInterrupt:
         log("interrupted: summarizing what was measured")
-    reference = None
-    if records.get("ar"):
-        reference = {r["prompt"]: r["runs"]["transformers"]["token_ids"] for r in records["ar"]}
-    summaries = {key: {"label": comparisons[key].label, **summarize(recs, reference),
-                       "ablations": ablation_summary(recs)} for key, recs in records.items() if recs}
-    extra = {}
-    if records.get("ar") and records.get("gamma4"):
-        extra["efficiency_gamma4"] = efficiency(records["ar"], records["gamma4"], args.gamma)
+    manifest["labels"] = {key: comparisons[key].label for key in records}
+    manifest["gamma"] = args.gamma
+    summaries, extra = summarize_all(records, manifest, {})
     if records.get("ar"):
         t_target = statistics.median(r["runs"]["specdec"]["stats"]["t_target"] for r in records["ar"])
         weight_bytes = weight_bytes_per_forward(target.model)
@@ -388,17 +407,17 @@ def print_tables(summaries, extra, manifest):
     print(f"\nspecdec vs transformers: {manifest['cpu']}, {manifest['threads']} threads, {manifest['dtype']}, "
           f"torch {manifest['torch']}, transformers {manifest['transformers']}, greedy, "
           f"{manifest['max_new_tokens']} new tokens, {manifest['prompts_per_set']} prompts per set, "
-          "arm order rotated per prompt; tok/s are medians over prompts")
-    header = (f"{'comparison':44} {'specdec tok/s':>13} {'transf. tok/s':>13} {'ratio':>6} {'per-prompt min..max':>19} "
-              f"{'identical':>9} {'= target greedy (sd / tf)':>25}")
+          "arm order rotated per prompt; tok/s are medians over prompts, ratio = their ratio")
+    header = (f"{'comparison':44} {'specdec tok/s':>13} {'transf. tok/s':>13} {'ratio':>6} "
+              f"{'per-prompt ratio: median (min..max)':>35} {'identical':>9} {'= target greedy (sd / tf)':>25}")
     print(header)
     print("-" * len(header))
     for s in summaries.values():
-        greedy = (f"{s['specdec_equals_target_greedy']}/{s['prompts']} / {s['transformers_equals_target_greedy']}/{s['prompts']}"
-                  if "specdec_equals_target_greedy" in s else "-")
+        n = s.get("referenced_prompts")
+        greedy = f"{s['specdec_equals_target_greedy']}/{n} / {s['transformers_equals_target_greedy']}/{n}" if n else "-"
+        spread = f"{s['per_prompt_ratio_median']:.2f} ({s['per_prompt_ratio_min']:.2f}..{s['per_prompt_ratio_max']:.2f})"
         print(f"{s['label']:44} {s['specdec_tok_s']:13.2f} {s['transformers_tok_s']:13.2f} {s['ratio_of_medians']:6.2f} "
-              f"{s['per_prompt_ratio_min']:9.2f}..{s['per_prompt_ratio_max']:<8.2f} "
-              f"{s['identical']:>5}/{s['prompts']:<3} {greedy:>25}")
+              f"{spread:>35} {s['identical']:>5}/{s['prompts']:<3} {greedy:>25}")
     e = extra.get("efficiency_gamma4")
     if e:
         print(f"\nefficiency (gamma {e['gamma']}): speedup over specdec's own baseline {e['speedup']:.2f}x (geometric mean), "

@@ -60,6 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="adaptive (default): gamma is the first step's draft length, then it follows acceptance "
                         "and the draft's confidence; constant: always gamma drafts")
     parser.add_argument("--ngram_max", type=int, default=3, help="longest n-gram to look up (drafter ngram)")
+    parser.add_argument("--ngram_match", choices=("earliest", "latest"), default="earliest",
+                        help="which earlier occurrence of the n-gram to continue from (drafter ngram)")
     parser.add_argument("--dtype", default="auto", help="auto, float32, bfloat16 or float16 (default: auto)")
     parser.add_argument("--chat", action="store_true", help="wrap the prompt in the tokenizer's chat template")
     parser.add_argument("--stop", action="append", default=[], metavar="TEXT", help="stop string (repeatable)")
@@ -102,6 +104,7 @@ def settings_from_args(args: argparse.Namespace) -> dict:
         drafter=args.drafter,
         draft_schedule=args.draft_schedule,
         ngram_max=args.ngram_max,
+        ngram_match=args.ngram_match,
         stop_strings=tuple(args.stop),
         prepack=args.prepack,
         draft_vocab=args.draft_vocab,

@@ -19,8 +19,8 @@ import numpy as np
 import torch
 
 from .cache import KVCache
-from .forward import ForwardTimer, forward_logits
 from .draft_head import DEFAULT_DRAFT_VOCAB, with_subset_head
+from .forward import ForwardTimer, forward_logits
 from .prepack import decode_model
 from .sampling import SamplingParams, probabilities, sample
 
@@ -246,14 +246,21 @@ def _match_vocab(logits: torch.Tensor, vocab_size: int) -> torch.Tensor:
     return torch.cat([logits, pad], dim=-1)
 
 
+#: Which earlier occurrence of the n-gram prompt lookup continues from. "earliest" (also
+#: transformers' choice) is the default: on the 10 summarization prompts of the README's speed
+#: section it gave tau 3.90 against 3.53 and 1.16x against 1.06x transformers' prompt lookup.
+NGRAM_MATCHES = ("earliest", "latest")
+
+
 class NgramDraft(Drafter):
     """Prompt lookup: match the last n tokens (n from ``max_ngram`` down to ``min_ngram``)
-    anywhere earlier in the context and propose the tokens that followed the most recent match.
-    No draft model; proposals are deterministic (the verifier treats q as one-hot)."""
+    anywhere earlier in the context and propose the tokens that followed the ``match``
+    ("earliest", as transformers does, or "latest") occurrence. No draft model; proposals are
+    deterministic (the verifier treats q as one-hot)."""
 
     name = "ngram"
 
-    def __init__(self, max_ngram: int = 3, min_ngram: int = 1) -> None:
+    def __init__(self, max_ngram: int = 3, min_ngram: int = 1, match: str = "earliest") -> None:
         super().__init__()
         from .errors import UsageError
 
@@ -261,16 +268,21 @@ class NgramDraft(Drafter):
             raise UsageError(
                 f"n-gram sizes must satisfy 1 <= min_ngram <= max_ngram, got min {min_ngram}, max {max_ngram}"
             )
+        if match not in NGRAM_MATCHES:
+            raise UsageError(f"unknown n-gram match {match!r}: use {' or '.join(NGRAM_MATCHES)}")
         self.max_ngram = max_ngram
         self.min_ngram = min_ngram
+        self.match = match
 
     def propose(self, context, max_tokens, sampling, generator) -> Proposal:
-        return Proposal(lookup_continuation(context, max_tokens, self.max_ngram, self.min_ngram), None)
+        return Proposal(lookup_continuation(context, max_tokens, self.max_ngram, self.min_ngram, self.match), None)
 
 
-def lookup_continuation(context: list[int], max_tokens: int, max_ngram: int, min_ngram: int) -> list[int]:
-    """The tokens that followed the most recent earlier occurrence of the context's last n
-    tokens, trying n = max_ngram down to min_ngram; [] when nothing matches."""
+def lookup_continuation(
+    context: list[int], max_tokens: int, max_ngram: int, min_ngram: int, match: str = "earliest"
+) -> list[int]:
+    """The tokens that followed the earliest (or latest) earlier occurrence of the context's
+    last n tokens, trying n = max_ngram down to min_ngram; [] when nothing matches."""
     if max_tokens <= 0:
         return []
     ids = np.asarray(context, dtype=np.int64)
@@ -282,6 +294,6 @@ def lookup_continuation(context: list[int], max_tokens: int, max_ngram: int, min
         windows = np.lib.stride_tricks.sliding_window_view(ids[: length - 1], n)
         hits = np.flatnonzero((windows == tail).all(axis=1))
         if hits.size:
-            start = int(hits[-1]) + n
+            start = int(hits[-1] if match == "latest" else hits[0]) + n
             return ids[start : start + max_tokens].tolist()
     return []

@@ -49,6 +49,8 @@ class SpeculativeDecoder:
     draft_schedule: "adaptive" (default: +2 after a fully accepted step, -1 after a rejection,
         and the draft stops when its probability of its own token drops below
         ``confidence_threshold``) or "constant" (always gamma).
+    ngram_max / ngram_min / ngram_match: n-gram sizes prompt lookup tries, and which earlier
+        occurrence it continues from ("earliest", the default, or "latest").
     tokenizer / draft_tokenizer: needed when passing model objects instead of names.
     stop_strings: generation stops when the text contains one of these.
     prepack: on CPU in bf16/fp16, decode on a copy of each model whose linear weights are
@@ -77,6 +79,7 @@ class SpeculativeDecoder:
         confidence_threshold: float = DEFAULT_CONFIDENCE_THRESHOLD,
         ngram_max: int = 3,
         ngram_min: int = 1,
+        ngram_match: str = "earliest",
         tokenizer=None,
         draft_tokenizer=None,
         stop_strings=(),
@@ -116,7 +119,7 @@ class SpeculativeDecoder:
             )
             self.prepack_notes.append(f"draft: {self.drafter.pack_report.note}")
         else:
-            self.drafter = NgramDraft(max_ngram=ngram_max, min_ngram=ngram_min)
+            self.drafter = NgramDraft(max_ngram=ngram_max, min_ngram=ngram_min, match=ngram_match)
 
     @property
     def tokenizer(self):

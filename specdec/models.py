@@ -43,10 +43,11 @@ def resolve_dtype(name: str | torch.dtype | None, device: torch.device) -> torch
 
     ``auto`` picks bfloat16 on CUDA with bf16 support, float16 on other GPUs; on CPU, bfloat16
     where the CPU has native bf16 matrix instructions (AVX512-BF16 or AMX), else float32.
-    Why bf16 on such CPUs: measured on a 2-core AMD EPYC (AVX512-BF16) with the 1.5B Qwen
-    target, one decode forward takes 325 ms in bf16 against 438 ms in fp32, and a 5-token
-    verification forward 326 ms against 1070 ms (fp32's small-batch matrix products are
-    several times slower than its single-token ones, which eats the gain of speculation).
+    Why bf16 on such CPUs (benchmarks/forward_costs.py, the 1.5B Qwen target, 2 threads): on a
+    Xeon with AMX, a decode forward takes 175 ms in bf16 with prepacked weights against 215 ms
+    in fp32, and a 5-token verification forward 175 ms against 455 ms; on an AMD EPYC with
+    AVX512-BF16, 325 ms against 438 ms and 326 ms against 1070 ms. fp32's small-batch matrix
+    products cost several times its single-token ones, which eats the gain of speculation.
     """
     if isinstance(name, torch.dtype):
         return name

@@ -166,7 +166,7 @@ def _packed_copy(model: torch.nn.Module) -> tuple[torch.nn.Module, PackReport]:
     shared = {id(t): t for t in (*model.parameters(), *model.buffers())}
     clone = copy.deepcopy(model, memo=shared)
     checked: dict[tuple, frozenset[int]] = {}
-    packed_layers, packed_bytes, total = 0, 0, 0
+    packed_layers, partial_layers, packed_bytes, total = 0, 0, 0, 0
     for parent in list(clone.modules()):
         for name, child in list(parent.named_children()):
             if not isinstance(child, torch.nn.Linear):
@@ -179,7 +179,9 @@ def _packed_copy(model: torch.nn.Module) -> tuple[torch.nn.Module, PackReport]:
                 continue
             setattr(parent, name, PackedLinear(child, checked[shape]))
             packed_layers += 1
+            partial_layers += len(checked[shape]) < MAX_PACKED_ROWS
             packed_bytes += child.weight.numel() * child.weight.element_size()
-    note = (f"prepacked {packed_layers}/{total} linear layers for oneDNN "
-            f"({packed_bytes / 2**30:.2f} GiB more memory; results bit-identical)")
+    partial = f", {partial_layers} of them only at some forward widths" if partial_layers else ""
+    note = (f"prepacked {packed_layers}/{total} linear layers for oneDNN, used where bit-identical{partial} "
+            f"({packed_bytes / 2**30:.2f} GiB more memory)")
     return clone, PackReport(packed_layers, total, packed_bytes, note)

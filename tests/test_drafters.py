@@ -34,9 +34,21 @@ def test_lookup_prefers_the_longest_matching_ngram():
     assert lookup_continuation(context, 2, max_ngram=3, min_ngram=1) == [50, 51]
 
 
-def test_lookup_takes_the_most_recent_of_several_matches():
+def test_lookup_takes_the_earliest_of_several_matches_by_default_as_transformers_does():
     context = [5, 6, 10, 11, 5, 6, 20, 21, 0, 5, 6]
-    assert lookup_continuation(context, 2, max_ngram=2, min_ngram=2) == [20, 21]
+    assert lookup_continuation(context, 2, max_ngram=2, min_ngram=2) == [10, 11]
+
+
+def test_lookup_can_take_the_most_recent_match():
+    context = [5, 6, 10, 11, 5, 6, 20, 21, 0, 5, 6]
+    assert lookup_continuation(context, 2, max_ngram=2, min_ngram=2, match="latest") == [20, 21]
+
+
+def test_unknown_ngram_match_policy_is_a_usage_error():
+    from specdec.errors import UsageError
+
+    with pytest.raises(UsageError, match="earliest"):
+        NgramDraft(match="first")
 
 
 def test_lookup_falls_back_to_shorter_ngrams():

@@ -72,7 +72,7 @@ def test_packed_copy_leaves_the_users_model_untouched_and_is_made_once():
     # Parameters are shared, not copied: the extra memory is the packed weights alone.
     assert packed.model.embed_tokens.weight is model.model.embed_tokens.weight
     assert decode_model(model)[0] is packed
-    assert "bit-identical" in report.note and f"{report.packed_layers}/{report.total_layers}" in report.note
+    assert "where bit-identical" in report.note and f"{report.packed_layers}/{report.total_layers}" in report.note
 
 
 def test_greedy_output_with_and_without_prepacking_is_the_same_and_matches_transformers():

@@ -144,7 +144,8 @@ class NativeBackend:
             return None
         if self._drafter is None:
             if self.uses_ngram:
-                self._drafter = NgramDraft(self.config.get("speculative.ngram_max"), self.config.get("speculative.ngram_min"))
+                self._drafter = NgramDraft(self.config.get("speculative.ngram_max"), self.config.get("speculative.ngram_min"),
+                                           match=self.config.get("speculative.ngram_match"))
             else:
                 policy = DraftLengthPolicy(self.config.get("speculative.draft_schedule"),
                                            self.config.get("speculative.confidence_threshold"))

@@ -37,6 +37,7 @@ FIELDS: dict[str, tuple[Any, Any, str]] = {
     "speculative.num_speculative_tokens": (int, 4, "gamma: draft tokens per verification step"),
     "speculative.ngram_max": (int, 3, "largest n-gram matched by n-gram drafting"),
     "speculative.ngram_min": (int, 1, "smallest n-gram matched by n-gram drafting"),
+    "speculative.ngram_match": (str, "earliest", "n-gram drafting continues from the earliest or latest match"),
     "speculative.draft_schedule": (str, DEFAULT_DRAFT_SCHEDULE, "adaptive (default) or constant draft length"),
     "speculative.confidence_threshold": (float, DEFAULT_CONFIDENCE_THRESHOLD, "adaptive schedule: stop drafting below this draft probability"),
     "speculative.draft_vocab": (int, DEFAULT_DRAFT_VOCAB, "draft scores only this many frequent ids (+ prompt's) when the vocabulary is over twice as large; 0 = all"),
@@ -72,6 +73,7 @@ FIELDS: dict[str, tuple[Any, Any, str]] = {
 CHOICES = {
     "speculative.method": ("model", "ngram"),
     "speculative.draft_schedule": ("constant", "adaptive"),
+    "speculative.ngram_match": ("earliest", "latest"),
     "load.mode": ("fixed", "poisson"),
     "engine.backend": ("native", "vllm", "openai"),
 }
