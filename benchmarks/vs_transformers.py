@@ -268,16 +268,20 @@ def _best_seconds(fn, repeats=5) -> float:
 def bandwidths_gb_s(dtype: torch.dtype, size_bytes=1 << 30) -> dict:
     """This machine's memory bandwidth (GB/s), best of 5 on 1 GiB: a copy (read + write counted)
     and a matrix-vector product in ``dtype`` (reads the matrix once: what decoding does)."""
+    return {"memcpy_gb_s": _copy_gb_s(size_bytes), "matvec_gb_s": _matvec_gb_s(dtype, size_bytes)}
+
+
+def _copy_gb_s(size_bytes: int) -> float:
     source = torch.ones(size_bytes // 4, dtype=torch.float32)
     target = torch.empty_like(source)
-    copy_s = _best_seconds(lambda: target.copy_(source))
-    del source, target
-    columns = 8192
+    return 2 * size_bytes / _best_seconds(lambda: target.copy_(source)) / 1e9
+
+
+def _matvec_gb_s(dtype: torch.dtype, size_bytes: int, columns: int = 8192) -> float:
     element = torch.tensor([], dtype=dtype).element_size()
     matrix = torch.ones(size_bytes // element // columns, columns, dtype=dtype)
     vector = torch.ones(columns, dtype=dtype)
-    mv_s = _best_seconds(lambda: torch.mv(matrix, vector))
-    return {"memcpy_gb_s": 2 * size_bytes / copy_s / 1e9, "matvec_gb_s": matrix.nbytes / mv_s / 1e9}
+    return matrix.nbytes / _best_seconds(lambda: torch.mv(matrix, vector)) / 1e9
 
 
 def build_comparisons(args, engines, target, draft, tokenizer, device, eos, config):
