@@ -75,8 +75,9 @@ class Drafter(ABC):
         return self.timer.mean_decode_seconds if self.timer else None
 
 
-#: The product default (API, command, harness): measured on the Qwen2.5-Coder pair to give 1.51x
-#: over the baseline against 1.29x for a constant gamma of 4 (README, speed section).
+#: The product default (API, command, harness): measured on the Qwen2.5-Coder pair (20 prompts,
+#: bf16, 2-core Xeon) to give 1.69x over the baseline against 1.55x for a constant gamma of 4,
+#: tau 4.52 against 3.67 (README, speed section).
 DEFAULT_DRAFT_SCHEDULE = "adaptive"
 DEFAULT_CONFIDENCE_THRESHOLD = 0.4
 
