@@ -51,7 +51,7 @@ from specdec.drafters import (
 )
 from specdec.engine import Engine, GenerationConfig
 from specdec.errors import SpecdecError
-from specdec.models import eos_token_ids, load_model
+from specdec.models import eos_token_ids, load_model, special_token_ids
 from specdec.reference import hf_generate
 from specdec.sampling import GREEDY
 
@@ -296,8 +296,9 @@ def build_comparisons(args, engines, target, draft, tokenizer, device, eos, conf
 
     def model_draft(policy, prepack=True, draft_vocab=None):
         kwargs = {} if draft_vocab is None else {"draft_vocab": draft_vocab}
-        return ModelDraft(draft.model, vocab, policy, prepack=prepack, keep_ids=eos, **kwargs)
+        return ModelDraft(draft.model, vocab, policy, prepack=prepack, keep_ids=keep_ids, **kwargs)
 
+    keep_ids = special_token_ids(target.model, tokenizer)
     constant = DraftLengthPolicy("constant")
     default_policy = DraftLengthPolicy(DEFAULT_DRAFT_SCHEDULE, DEFAULT_CONFIDENCE_THRESHOLD)
     hf_gamma = dict(num_assistant_tokens=args.gamma, num_assistant_tokens_schedule="constant",

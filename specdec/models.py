@@ -217,6 +217,12 @@ def check_same_tokenizer(target_tokenizer, draft_tokenizer, target_name: str = "
     )
 
 
+def special_token_ids(model: torch.nn.Module, tokenizer) -> set[int]:
+    """End-of-sequence ids plus the tokenizer's special tokens: the ids a truncated draft head
+    always scores (specdec.draft_head)."""
+    return eos_token_ids(model, tokenizer) | set(getattr(tokenizer, "all_special_ids", None) or ())
+
+
 def eos_token_ids(model: torch.nn.Module, tokenizer) -> set[int]:
     """End-of-sequence ids from the generation config, the model config and the tokenizer."""
     ids: set[int] = set()

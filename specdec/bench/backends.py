@@ -21,7 +21,7 @@ from ..devices import resolve_device
 from ..drafters import DraftLengthPolicy, ModelDraft, NgramDraft
 from ..engine import Engine, GenerationConfig, GenerationResult
 from ..errors import UsageError
-from ..models import LoadedModel, check_same_tokenizer, eos_token_ids, load_model
+from ..models import LoadedModel, check_same_tokenizer, eos_token_ids, load_model, special_token_ids
 from ..reference import hf_generate
 
 
@@ -106,7 +106,7 @@ class Models:
     @property
     def keep_ids(self) -> set[int]:
         """Token ids a truncated draft head always scores: end-of-sequence and special tokens."""
-        return self.eos_ids | set(getattr(self.target.tokenizer, "all_special_ids", None) or ())
+        return special_token_ids(self.target.model, self.target.tokenizer)
 
     @property
     def vocab_size(self) -> int:
