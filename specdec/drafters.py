@@ -18,50 +18,71 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .cache import KVCache
 from .draft_head import DEFAULT_DRAFT_VOCAB, with_subset_head
-from .forward import ForwardTimer, forward_logits
 from .prepack import decode_model
-from .sampling import SamplingParams, probabilities, sample
+from .runners import ForwardClock, ModelRunner
+from .sampling import SamplingParams, probabilities, sample_unnormalized
 
 
 @dataclass
 class Proposal:
-    """Draft tokens and, for a sampling draft model, its distribution at each of them.
+    """Draft tokens for a batch of rows and, for a sampling draft model, its distribution.
 
-    tokens: proposed token ids (may be empty).
-    probs: [len(tokens), vocab] float32, the draft's warped distribution q at each proposed
+    tokens: LongTensor [batch, width] on the device; row b's drafts are its first
+        ``lengths[b]`` (the rest is padding, never accepted).
+    lengths: LongTensor [batch] on the device.
+    probs: [batch, width, vocab] float32, the draft's warped distribution q at each proposed
         position, or None when the proposal is deterministic (q is one-hot at the token).
     """
 
-    tokens: list[int]
+    tokens: torch.Tensor
+    lengths: torch.Tensor
     probs: torch.Tensor | None = None
+    #: ``lengths`` as host ints when the drafter knows them without a device sync (n-gram)
+    host_lengths: list[int] | None = None
+
+    @property
+    def width(self) -> int:
+        return self.tokens.shape[1]
+
+    def row(self, index: int) -> list[int]:
+        """Row ``index``'s drafts as host ints (a device sync: for tests and tools, not the loop)."""
+        return self.tokens[index, : int(self.lengths[index])].tolist()
 
 
 class Drafter(ABC):
-    """The interface every drafting method implements."""
+    """The interface every drafting method implements (one instance serves one batch at a time)."""
 
     #: short name used in reports ("model", "ngram")
     name: str = "drafter"
 
     def __init__(self) -> None:
-        self.timer: ForwardTimer | None = None
+        self.timer: ForwardClock | None = None
 
-    def reset(self, device: torch.device) -> None:
-        """Start a new generation (forget caches and per-generation counters)."""
-        self.timer = ForwardTimer(device)
+    def reset(self, device: torch.device, batch_size: int = 1, extra_slots: int = 0) -> None:
+        """Start a new generation of ``batch_size`` rows (forget caches and counters);
+        ``extra_slots``: new positions a static cache must hold beyond the prompt."""
+        self.timer = ForwardClock(device)
+        self.device = torch.device(device)
 
     @abstractmethod
-    def propose(
-        self, context: list[int], max_tokens: int, sampling: SamplingParams, generator: torch.Generator
-    ) -> Proposal:
-        """Propose up to ``max_tokens`` tokens to follow ``context`` (prompt + accepted tokens)."""
+    def propose(self, contexts: list[list[int]], budgets: list[int], sampling: SamplingParams,
+                generator: torch.Generator) -> Proposal:
+        """Propose up to ``budgets[b]`` tokens to follow ``contexts[b]`` (prompt + accepted
+        tokens) for every row b."""
 
-    def observe(self, proposed: int, accepted: int) -> None:
-        """Feedback after verification; adaptive drafters adjust their length here."""
+    def observe(self, row: int, proposed: int, accepted: int) -> None:
+        """Feedback after verification; adaptive drafters adjust row ``row``'s length here."""
 
-    def next_length(self, gamma: int) -> int:
-        """How many tokens to propose next, given the configured ``gamma``."""
+    def select_rows(self, rows: list[int]) -> None:
+        """Keep only ``rows`` of the batch (finished rows leave it)."""
+
+    def record_drafts(self, drafts: list[list[int]]) -> None:
+        """The last proposal's tokens as host ints (every row, full width): the engine copies
+        them to the host in its one sync per step, so a drafter need not sync for them."""
+
+    def next_length(self, gamma: int, row: int = 0) -> int:
+        """How many tokens to propose next for ``row``, given the configured ``gamma``."""
         return gamma
 
     @property
@@ -83,7 +104,7 @@ DEFAULT_CONFIDENCE_THRESHOLD = 0.4
 
 
 class DraftLengthPolicy:
-    """How many tokens a draft model proposes per step.
+    """How many tokens a draft model proposes per step, per row of the batch.
 
     ``constant``: always gamma.
     ``adaptive``: starts at gamma; +2 after a step where every draft was accepted, -1 after a
@@ -101,25 +122,27 @@ class DraftLengthPolicy:
         self.mode = mode
         self.confidence_threshold = confidence_threshold if mode == "adaptive" else 0.0
         self.max_gamma = max_gamma
-        self.current: int | None = None
+        self.current: dict[int, int] = {}
 
     def reset(self) -> None:
-        self.current = None
+        self.current = {}
 
-    def length(self, gamma: int) -> int:
+    def length(self, gamma: int, row: int = 0) -> int:
         if self.mode == "constant":
             return gamma
-        if self.current is None:
-            self.current = gamma
-        return self.current
+        return self.current.setdefault(row, gamma)
 
-    def observe(self, proposed: int, accepted: int) -> None:
-        if self.mode == "constant" or self.current is None or proposed == 0:
+    def observe(self, proposed: int, accepted: int, row: int = 0) -> None:
+        if self.mode == "constant" or row not in self.current or proposed == 0:
             return
         if accepted == proposed:
-            self.current = min(self.max_gamma, self.current + 2)
+            self.current[row] = min(self.max_gamma, self.current[row] + 2)
         else:
-            self.current = max(1, self.current - 1)
+            self.current[row] = max(1, self.current[row] - 1)
+
+    def select_rows(self, rows: list[int]) -> None:
+        """Renumber the rows after finished ones left the batch."""
+        self.current = {new: self.current[old] for new, old in enumerate(rows) if old in self.current}
 
 
 class ModelDraft(Drafter):
@@ -129,10 +152,13 @@ class ModelDraft(Drafter):
         frequent ids plus the prompt's and ``keep_ids`` (:mod:`specdec.draft_head`); None or
         0 scores the whole vocabulary.
     prepack: run draft forwards on prepacked weights where exact (:mod:`specdec.prepack`).
+    cache: "dynamic" or "static" (see :mod:`specdec.runners.runner`); graphs: CUDA graphs for
+        its decode forwards (CUDA with the static cache only).
 
-    The draft keeps its own KV cache. At each step it rolls the cache back to the longest
-    prefix it holds that is still part of the context (accepted drafts stay cached; rejected
-    ones are cropped), feeds what is missing, then drafts one token per forward.
+    The draft keeps its own KV cache (a :class:`~specdec.runners.ModelRunner`). Each step it
+    rolls every row's cache back to the longest prefix it shares with the row's context (the
+    drafts the target accepted stay; the first rejected one and all after it go), feeds what is
+    missing, then drafts one token per forward for every row.
     """
 
     name = "model"
@@ -145,6 +171,8 @@ class ModelDraft(Drafter):
         prepack: bool = True,
         draft_vocab: int | None = DEFAULT_DRAFT_VOCAB,
         keep_ids=(),
+        cache: str = "dynamic",
+        graphs: bool = False,
     ):
         super().__init__()
         self.model = model
@@ -159,78 +187,116 @@ class ModelDraft(Drafter):
                 self.decode_model, self.subset_head = subset
         self.target_vocab_size = target_vocab_size
         self.length_policy = length_policy or DraftLengthPolicy()
-        self.cache: KVCache | None = None
-        self.cached_ids: list[int] = []
-        self._known_valid = 0
+        self.cache_kind = cache
+        self.graphs = graphs
+        self.runner: ModelRunner | None = None
+        self.cached_ids: list[list[int]] = []  # per row: the tokens its cache holds
+        self.extra_slots = 0
 
-    def reset(self, device: torch.device) -> None:
-        super().reset(device)
-        self.device = device
-        self.cache = KVCache(self.model)
-        self.cached_ids = []
-        self._known_valid = 0
+    def reset(self, device: torch.device, batch_size: int = 1, extra_slots: int = 0) -> None:
+        super().reset(device, batch_size, extra_slots)
+        self.runner = ModelRunner(self.decode_model, self.device, self.cache_kind, self.graphs, clock=self.timer)
+        self.started = False
+        self.cached_ids = [[] for _ in range(batch_size)]
+        self._fed, self._fed_host = None, None
+        self.extra_slots = extra_slots
         self.length_policy.reset()
 
-    def next_length(self, gamma: int) -> int:
-        return self.length_policy.length(gamma)
+    def next_length(self, gamma: int, row: int = 0) -> int:
+        return self.length_policy.length(gamma, row)
 
-    def observe(self, proposed: int, accepted: int) -> None:
-        self.length_policy.observe(proposed, accepted)
+    def observe(self, row: int, proposed: int, accepted: int) -> None:
+        self.length_policy.observe(proposed, accepted, row)
 
-    def _valid_prefix(self, context: list[int]) -> int:
-        """Length of the longest prefix of the cached tokens that matches ``context``.
+    def record_drafts(self, drafts: list[list[int]]) -> None:
+        self._fed_host = [row[:-1] for row in drafts]
 
-        Both lists only grow by appending after the point where they last matched, so the
-        comparison starts there instead of at position 0 (O(gamma) per step, not O(length)).
-        """
-        limit = min(len(self.cached_ids), len(context))
-        for position in range(min(self._known_valid, limit), limit):
-            if self.cached_ids[position] != context[position]:
+    def select_rows(self, rows: list[int]) -> None:
+        self.runner.select_rows(rows)
+        self.cached_ids = [self.cached_ids[r] for r in rows]
+        if self._fed_host is not None:
+            self._fed_host = [self._fed_host[r] for r in rows]
+        elif self._fed is not None:
+            self._fed = self._fed[torch.tensor(rows, device=self._fed.device)]
+        self.length_policy.select_rows(rows)
+
+    @staticmethod
+    def _shared_prefix(cached: list[int], context: list[int]) -> int:
+        """Length of the longest common prefix (the draft tokens the target accepted stay
+        cached; the first rejected one and everything after it go)."""
+        limit = min(len(cached), len(context))
+        for position in range(limit):
+            if cached[position] != context[position]:
                 return position
         return limit
 
-    def propose(self, context, max_tokens, sampling, generator) -> Proposal:
-        assert self.cache is not None and self.timer is not None, "reset() must be called first"
-        if max_tokens <= 0:
-            return Proposal([], None)
+    def _first_logits(self, contexts: list[list[int]]) -> torch.Tensor:
+        """Logits after each row's context, [batch, vocab]: the prefill on the first call;
+        afterwards each row's cache is rolled back to the prefix it shares with its context
+        and fed the rest (ragged across rows: left holes)."""
+        if not self.started:
+            self.started = True
+            if self.subset_head is not None:
+                self.subset_head.set_extra({t for context in contexts for t in context})
+            self.cached_ids = [list(c) for c in contexts]
+            return self.runner.start([list(c) for c in contexts], self.extra_slots)
+        if self._fed is not None:
+            fed = self._fed_host if self._fed_host is not None else self._fed.tolist()
+            for cached, row_fed in zip(self.cached_ids, fed):
+                cached.extend(row_fed)
+            self._fed, self._fed_host = None, None
         # Keep at least the last context token out of the cache: its logits start the draft.
-        valid = min(self._valid_prefix(context), len(context) - 1)
-        self.cache.crop(valid)
-        del self.cached_ids[valid:]
-        self._known_valid = valid
-        feed = context[valid:]
-        is_prefill = self.cache.length == 0
-        if is_prefill and self.subset_head is not None:
-            self.subset_head.set_extra(context)
-        tokens: list[int] = []
-        rows: list[torch.Tensor] = []
+        valid = [min(self._shared_prefix(cached, context), len(context) - 1)
+                 for cached, context in zip(self.cached_ids, contexts)]
+        self.runner.truncate(valid)
+        feeds = [context[n:] for context, n in zip(contexts, valid)]
+        for cached, n, feed in zip(self.cached_ids, valid, feeds):
+            del cached[n:]
+            cached.extend(feed)
+        width = max(len(f) for f in feeds)
+        tokens = [[0] * (width - len(f)) + f for f in feeds]
+        layout = [[False] * (width - len(f)) + [True] * len(f) for f in feeds]
+        feed = torch.tensor(tokens, dtype=torch.long, device=self.device)
+        return self.runner.forward(feed, None if all(all(r) for r in layout) else layout)[:, -1]
+
+    def propose(self, contexts, budgets, sampling, generator) -> Proposal:
+        assert self.runner is not None and self.timer is not None, "reset() must be called first"
+        batch = len(contexts)
+        width = max(budgets)
+        logits = self._first_logits(contexts)
+        budget = torch.tensor(budgets, dtype=torch.long, device=self.device)
+        lengths = budget.clone()
         threshold = self.length_policy.confidence_threshold
-        for _ in range(max_tokens):
-            logits = self.timer.run(
-                forward_logits, self.decode_model, self.cache, feed, self.device, prefill=is_prefill
-            )[-1]
-            self.cached_ids.extend(feed)
-            is_prefill = False
+        tokens, rows = [], []
+        # On CPU a host check that every row has stopped is free and saves draft forwards; on
+        # CUDA it would stall the device, so there every row drafts ``width`` tokens and
+        # ``lengths`` says which of them count.
+        host_checks = self.device.type != "cuda"
+        for position in range(width):
             logits = _match_vocab(logits, self.target_vocab_size)
             if sampling.greedy:
+                token = logits.argmax(dim=-1)
                 if threshold > 0:
-                    probs = logits.float().softmax(-1)
-                    token = int(probs.argmax())
-                    confidence = float(probs[token])
-                else:
-                    token = int(logits.argmax())
-                    confidence = 1.0
+                    confidence = logits.float().softmax(-1).gather(1, token.unsqueeze(1)).squeeze(1)
             else:
                 probs = probabilities(logits, sampling)
-                token = int(sample(probs.unsqueeze(0), generator))
+                token = sample_unnormalized(probs, generator)
                 rows.append(probs)
-                confidence = float(probs[token])
+                confidence = probs.gather(1, token.unsqueeze(1)).squeeze(1)
             tokens.append(token)
-            if confidence < threshold:
+            if threshold > 0:
+                # A row stops after the first token it is unsure of (that token still counts).
+                unsure = (confidence < threshold) & (lengths > position + 1)
+                lengths = torch.where(unsure, torch.full_like(lengths, position + 1), lengths)
+            if position + 1 == width or (host_checks and bool((lengths <= position + 1).all())):
                 break
-            feed = [token]
-        return Proposal(tokens, torch.stack(rows) if rows else None)
-
+            logits = self.runner.forward(token.unsqueeze(1))[:, -1]
+        proposal_tokens = torch.stack(tokens, dim=1)
+        # Every draft but the last was fed; the host copy is the loop's one sync on CPU and
+        # is deferred on CUDA (the engine's step sync already brings the drafts over).
+        self._fed, self._fed_host = proposal_tokens[:, :-1], None
+        probs = torch.stack(rows, dim=1) if rows else None
+        return Proposal(proposal_tokens, lengths.clamp(max=proposal_tokens.shape[1]), probs)
 
 def _match_vocab(logits: torch.Tensor, vocab_size: int) -> torch.Tensor:
     """Pad or trim draft logits to the target's vocabulary width.
@@ -275,8 +341,15 @@ class NgramDraft(Drafter):
         self.min_ngram = min_ngram
         self.match = match
 
-    def propose(self, context, max_tokens, sampling, generator) -> Proposal:
-        return Proposal(lookup_continuation(context, max_tokens, self.max_ngram, self.min_ngram, self.match), None)
+    def propose(self, contexts, budgets, sampling, generator) -> Proposal:
+        found = [
+            lookup_continuation(context, budget, self.max_ngram, self.min_ngram, self.match)
+            for context, budget in zip(contexts, budgets)
+        ]
+        width = max(1, max(len(f) for f in found))
+        tokens = torch.tensor([f + [0] * (width - len(f)) for f in found], dtype=torch.long, device=self.device)
+        lengths = torch.tensor([len(f) for f in found], dtype=torch.long, device=self.device)
+        return Proposal(tokens, lengths, None, [len(f) for f in found])
 
 
 def lookup_continuation(

@@ -1,11 +1,12 @@
-"""One timed forward pass of a causal LM over new tokens, appending to its KV cache."""
+"""One forward pass of a causal LM over new tokens of one row, appending to its KV cache
+(a batch-1 helper for tests and benchmarks; the decode loop uses :mod:`specdec.runners`)."""
 
 from __future__ import annotations
 
 import torch
 
 from .cache import KVCache
-from .devices import synchronized_clock
+from .runners.timing import ForwardClock
 
 
 def forward_logits(
@@ -35,31 +36,5 @@ def forward_logits(
     return output.logits[0, -keep_logits:]
 
 
-class ForwardTimer:
-    """Counts forward passes and sums their synchronized wall time (seconds), prefill and
-    decode phase apart (``t_target`` / ``t_draft`` are decode-phase means)."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
-        self.count = 0
-        self.decode_count = 0
-        self.decode_seconds = 0.0
-        self.prefill_seconds = 0.0
-
-    def run(self, fn, *args, prefill: bool = False, **kwargs):
-        """Call ``fn`` and account for its time as prefill or decode phase."""
-        started = synchronized_clock(self.device)
-        result = fn(*args, **kwargs)
-        elapsed = synchronized_clock(self.device) - started
-        self.count += 1
-        if prefill:
-            self.prefill_seconds += elapsed
-        else:
-            self.decode_seconds += elapsed
-            self.decode_count += 1
-        return result
-
-    @property
-    def mean_decode_seconds(self) -> float | None:
-        """Mean seconds of one decode-phase forward, or None when there was none."""
-        return self.decode_seconds / self.decode_count if self.decode_count else None
+#: The old name of the forward timer; see :class:`specdec.runners.timing.ForwardClock`.
+ForwardTimer = ForwardClock

@@ -308,10 +308,27 @@ BROKEN_RULES = {
 }
 
 
+def _batched(rule):
+    """A one-row rule (drafts [g], q [g, V] or None, p [g + 1, V]) as the engine's batched
+    verifier (drafts [B, g], lengths [B], q [B, g, V] or None, p [B, g + 1, V])."""
+
+    def batch_rule(draft_tokens, draft_lengths, draft_probs, target_probs, generator):
+        accepted, next_tokens = [], []
+        for row in range(draft_tokens.shape[0]):
+            n = int(draft_lengths[row])
+            q = draft_probs[row, :n] if draft_probs is not None else None
+            verdict = rule(draft_tokens[row, :n], q, target_probs[row, : n + 1], generator)
+            accepted.append(verdict.accepted)
+            next_tokens.append(verdict.next_token)
+        return torch.tensor(accepted), torch.tensor(next_tokens)
+
+    return batch_rule
+
+
 @pytest.mark.parametrize("rule", list(BROKEN_RULES))
 def test_statistical_check_detects_a_broken_acceptance_rule(models, monkeypatch, rule):
     # The engine calls the name it imported from specdec.verify; patch it there.
-    monkeypatch.setattr(specdec.engine, "verify_sampling", BROKEN_RULES[rule])
+    monkeypatch.setattr(specdec.engine, "verify_sampling_batch", _batched(BROKEN_RULES[rule]))
     p_value, _, report = check(models, "model", SamplingParams(temperature=1.0), DRAWS_BROKEN)
     assert p_value < ALPHA, f"the distribution check failed to notice the broken rule {rule!r}: {report}"
 
@@ -320,6 +337,6 @@ def test_generic_rule_with_the_correct_choices_passes_the_check(models, monkeypa
     """Control for the broken-rule tests: the same scaffold with the right rule passes, so the
     failures above come from the broken choice, not from the scaffold."""
     correct = _generic_rule(lambda u, p, q: u * q < p, lambda p, q: (p - q).clamp_min(0))
-    monkeypatch.setattr(specdec.engine, "verify_sampling", correct)
+    monkeypatch.setattr(specdec.engine, "verify_sampling_batch", _batched(correct))
     p_value, _, report = check(models, "model", SamplingParams(temperature=1.0), DRAWS_BROKEN)
     assert p_value > ALPHA, report

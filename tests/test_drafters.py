@@ -6,6 +6,7 @@ drafter's; the draft-length schedules follow their stated rules."""
 from __future__ import annotations
 
 import copy
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -94,8 +95,10 @@ def test_invalid_ngram_sizes_raise_usage_error(sizes):
 
 
 def test_ngram_proposal_is_deterministic_with_no_draft_distribution():
-    proposal = NgramDraft().propose([1, 2, 3, 1, 2], 4, SamplingParams(), make_generator(CPU, 0))
-    assert proposal.tokens == [3, 1, 2] and proposal.probs is None
+    drafter = NgramDraft()
+    drafter.reset(CPU)
+    proposal = drafter.propose([[1, 2, 3, 1, 2]], [4], SamplingParams(), make_generator(CPU, 0))
+    assert proposal.row(0) == [3, 1, 2] and proposal.probs is None and proposal.host_lengths == [3]
 
 
 # --- n-gram drafting pays off on repetitive text -------------------------------------------------
@@ -132,9 +135,13 @@ def draft_model():
 
 
 def propose(drafter, context, count, sampling, generator):
-    """drafter.propose as the engine calls it (under inference mode)."""
+    """drafter.propose as the engine calls it (under inference mode), for a batch of one row:
+    returns its drafts (host ints) and their distributions [drafts, vocab] (or None)."""
     with torch.inference_mode():
-        return drafter.propose(context, count, sampling, generator)
+        proposal = drafter.propose([context], [count], sampling, generator)
+    tokens = proposal.row(0)
+    probs = proposal.probs[0, : len(tokens)] if proposal.probs is not None else None
+    return SimpleNamespace(tokens=tokens, probs=probs)
 
 
 def fresh_proposal(model, context, count):
