@@ -195,7 +195,8 @@ class ModelDraft(Drafter):
 
     def reset(self, device: torch.device, batch_size: int = 1, extra_slots: int = 0) -> None:
         super().reset(device, batch_size, extra_slots)
-        self.runner = ModelRunner(self.decode_model, self.device, self.cache_kind, self.graphs, clock=self.timer)
+        if self.runner is None or self.runner.device != self.device:
+            self.runner = ModelRunner(self.decode_model, self.device, self.cache_kind, self.graphs)
         self.started = False
         self.cached_ids = [[] for _ in range(batch_size)]
         self._fed, self._fed_host = None, None
@@ -239,7 +240,7 @@ class ModelDraft(Drafter):
             if self.subset_head is not None:
                 self.subset_head.set_extra({t for context in contexts for t in context})
             self.cached_ids = [list(c) for c in contexts]
-            return self.runner.start([list(c) for c in contexts], self.extra_slots)
+            return self.runner.start([list(c) for c in contexts], self.extra_slots, clock=self.timer)
         if self._fed is not None:
             fed = self._fed_host if self._fed_host is not None else self._fed.tolist()
             for cached, row_fed in zip(self.cached_ids, fed):

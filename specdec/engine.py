@@ -139,6 +139,8 @@ class Engine:
         self.cache_kind = ("static" if on_cuda else "dynamic") if cache == "auto" else cache
         self.graphs = on_cuda if graphs == "auto" else bool(graphs)
         self.sync_every = sync_every or (CUDA_SYNC_EVERY if on_cuda else 1)
+        # One runner for every request: a static cache and its CUDA graphs are reused.
+        self.runner = ModelRunner(self.decode_target, self.device, self.cache_kind, self.graphs)
 
     def check_fits(self, prompt_length: int, max_new_tokens: int) -> None:
         """Refuse a prompt that, with the new tokens, would not fit the model's context."""
@@ -172,7 +174,7 @@ class Engine:
         rows = [_Row(list(p), StopChecker(self.tokenizer, config.max_new_tokens, eos_ids, config.stop_strings))
                 for p in prompts]
         clock = ForwardClock(self.device)
-        runner = ModelRunner(self.decode_target, self.device, self.cache_kind, self.graphs, clock)
+        runner = self.runner
         # Static caches hold the prompt, every new token and one draft window; a batch also
         # leaves holes, which the runner compacts away when the cache fills.
         window = MAX_DRAFT_WINDOW + 1 if drafter is not None else 1
@@ -182,7 +184,7 @@ class Engine:
 
         synchronize(self.device)
         started = time.perf_counter()
-        logits = runner.start([r.prompt for r in rows], extra_slots)
+        logits = runner.start([r.prompt for r in rows], extra_slots, clock=clock)
         first = self._choose(logits, sampling, generator)
         first_tokens = first.tolist()
         first_token_at = time.perf_counter()

@@ -32,6 +32,9 @@ from .slots import SlotTable
 from .timing import ForwardClock
 
 CACHE_KINDS = ("dynamic", "static")
+#: Static caches are sized in multiples of this many slots, so that requests of similar
+#: lengths reuse one cache (and the CUDA graphs captured on it).
+STATIC_ROUNDING = 256
 
 
 class ModelRunner:
@@ -43,15 +46,18 @@ class ModelRunner:
     graphs: on CUDA with the static cache, replay decode forwards from CUDA graphs captured
         once per width (:mod:`specdec.runners.cuda_graphs`); ignored elsewhere.
     clock: accounts forward time (prefill / decode, per width); one is made if not given.
+    slot_rounding: the static cache's size is a multiple of this many slots.
     """
 
     def __init__(self, model: torch.nn.Module, device: torch.device, cache_kind: str = "dynamic",
-                 graphs: bool = False, clock: ForwardClock | None = None) -> None:
+                 graphs: bool = False, clock: ForwardClock | None = None,
+                 slot_rounding: int = STATIC_ROUNDING) -> None:
         if cache_kind not in CACHE_KINDS:
             raise UsageError(f"unknown cache {cache_kind!r}: use one of {', '.join(CACHE_KINDS)}")
         self.model = model
         self.device = torch.device(device)
         self.cache_kind = cache_kind
+        self.slot_rounding = slot_rounding
         self.clock = clock or ForwardClock(self.device)
         self.graphs = None
         if graphs and cache_kind == "static" and self.device.type == "cuda":
@@ -59,23 +65,41 @@ class ModelRunner:
 
             self.graphs = GraphedDecode(model, self.clock)
         self.cache = None
+        self._cache_batch = 0
         self.table: SlotTable | None = None
         self.capacity = 0
         self._slot_valid: torch.Tensor | None = None  # static cache: [batch, capacity] bool
 
     # --- the three verbs ---------------------------------------------------------------
 
-    def start(self, prompts: list[list[int]], extra_slots: int = 0, pad_id: int = 0) -> torch.Tensor:
-        """Prefill ``prompts`` (one row each) and return the logits of each row's last prompt
-        token, [batch, vocab]. ``extra_slots``: how many slots beyond the longest prompt the
-        static cache must hold (new tokens + the widest draft window); ignored by the dynamic
-        cache."""
+    def start(self, prompts: list[list[int]], extra_slots: int = 0, pad_id: int = 0,
+              clock: ForwardClock | None = None) -> torch.Tensor:
+        """Start a request: prefill ``prompts`` (one row each) and return the logits of each
+        row's last prompt token, [batch, vocab]. ``extra_slots``: how many slots beyond the
+        longest prompt the static cache must hold (new tokens + the widest draft window);
+        ignored by the dynamic cache. ``clock``: where this request's forwards are timed."""
+        if clock is not None:
+            self.clock = clock
+            if self.graphs is not None:
+                self.graphs.clock = clock
         if any(len(p) == 0 for p in prompts):
             raise UsageError("a prompt is empty: give at least one token of text")
         self.table = SlotTable.for_prompts([len(p) for p in prompts])
         width = self.table.slots
-        static_length = width + max(extra_slots, 1) if self.cache_kind == "static" else None
-        self.cache = new_cache(self.model, static_length)
+        static_length = None
+        if self.cache_kind == "static":
+            needed = width + max(extra_slots, 1)
+            if self.cache is not None and self._cache_batch == len(prompts) and self.capacity >= needed:
+                # Same shapes as the last request: reuse the cache (and so its captured
+                # graphs, which hold its addresses) after zeroing it.
+                self.cache.reset()
+                static_length = self.capacity
+            else:
+                static_length = -(-needed // self.slot_rounding) * self.slot_rounding
+                self.cache = new_cache(self.model, static_length)
+                self._cache_batch = len(prompts)
+        else:
+            self.cache = new_cache(self.model)
         if len(prompts) > 1 and has_sliding_layers(self.cache):
             raise UsageError(
                 "batches of more than one prompt are not supported for sliding-window models "
