@@ -152,8 +152,8 @@ class ModelDraft(Drafter):
         frequent ids plus the prompt's and ``keep_ids`` (:mod:`specdec.draft_head`); None or
         0 scores the whole vocabulary.
     prepack: run draft forwards on prepacked weights where exact (:mod:`specdec.prepack`).
-    cache: "dynamic" or "static" (see :mod:`specdec.runners.runner`); graphs: CUDA graphs for
-        its decode forwards (CUDA with the static cache only).
+    cache: "dynamic", "static" or "auto" (static on CUDA; see :mod:`specdec.runners.runner`);
+        graphs: CUDA graphs for its decode forwards ("auto": on CUDA, with the static cache).
 
     The draft keeps its own KV cache (a :class:`~specdec.runners.ModelRunner`). Each step it
     rolls every row's cache back to the longest prefix it shares with the row's context (the
@@ -171,8 +171,8 @@ class ModelDraft(Drafter):
         prepack: bool = True,
         draft_vocab: int | None = DEFAULT_DRAFT_VOCAB,
         keep_ids=(),
-        cache: str = "dynamic",
-        graphs: bool = False,
+        cache: str = "auto",
+        graphs: bool | str = "auto",
     ):
         super().__init__()
         self.model = model
@@ -196,7 +196,10 @@ class ModelDraft(Drafter):
     def reset(self, device: torch.device, batch_size: int = 1, extra_slots: int = 0) -> None:
         super().reset(device, batch_size, extra_slots)
         if self.runner is None or self.runner.device != self.device:
-            self.runner = ModelRunner(self.decode_model, self.device, self.cache_kind, self.graphs)
+            on_cuda = self.device.type == "cuda"
+            cache = ("static" if on_cuda else "dynamic") if self.cache_kind == "auto" else self.cache_kind
+            graphs = on_cuda if self.graphs == "auto" else bool(self.graphs)
+            self.runner = ModelRunner(self.decode_model, self.device, cache, graphs)
         self.started = False
         self.cached_ids = [[] for _ in range(batch_size)]
         self._fed, self._fed_host = None, None
@@ -239,6 +242,8 @@ class ModelDraft(Drafter):
             self.started = True
             if self.subset_head is not None:
                 self.subset_head.set_extra({t for context in contexts for t in context})
+                if self.runner.graphs is not None:
+                    self.runner.graphs.invalidate()  # the head's extra ids are new tensors
             self.cached_ids = [list(c) for c in contexts]
             return self.runner.start([list(c) for c in contexts], self.extra_slots, clock=self.timer)
         if self._fed is not None:

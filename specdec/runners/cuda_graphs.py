@@ -38,6 +38,10 @@ class GraphedDecode:
         self.disabled_reason: str | None = None
         self._cache_id = None
 
+    def invalidate(self) -> None:
+        """Forget every graph (the model's tensors changed, e.g. a draft head's extra ids)."""
+        self.graphs.clear()
+
     def run(self, tokens, positions, cache_position, mask, cache) -> torch.Tensor:
         """Logits [batch, width, vocab] of one decode forward (a fresh tensor)."""
         width = tokens.shape[1]
