@@ -29,6 +29,18 @@ class OneLineParser(argparse.ArgumentParser):
         raise UsageError(f"{message} (see {self.prog} --help)")
 
 
+def _or_none(kind):
+    """An argparse type that also takes none / null / off (transformers' "no limit")."""
+
+    def parse(text: str):
+        if text.strip().lower() in ("none", "null", "off"):
+            return None
+        return kind(text)
+
+    parse.__name__ = kind.__name__  # argparse names the type in its error message
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(
         prog="specdec",
@@ -52,8 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=None, help="seed for sampling (default: a fresh one per run, printed)")
     parser.add_argument("--temperature", type=float, default=None,
                         help="sampling temperature (default 1.0); <= 1e-6 means greedy")
-    parser.add_argument("--top_k", type=int, default=0, help="keep the k most likely tokens (0 = off)")
-    parser.add_argument("--top_p", type=float, default=1.0, help="nucleus sampling mass (1.0 = off)")
+    parser.add_argument("--top_k", type=_or_none(int), default=0, help="keep the k most likely tokens (0 or none = off)")
+    parser.add_argument("--top_p", type=_or_none(float), default=1.0, help="nucleus sampling mass (1.0 or none = off)")
     parser.add_argument("--drafter", choices=("model", "ngram"), default="model",
                         help="model: the draft model proposes; ngram: prompt lookup, no draft model")
     parser.add_argument("--draft_schedule", choices=("constant", "adaptive"), default=DEFAULT_DRAFT_SCHEDULE,

@@ -41,7 +41,7 @@ class SpeculativeDecoder:
     max_tokens: new tokens per generation (>= 1).
     device: cpu, cuda, cuda:N, mps or auto; CUDA asked for on a machine without it warns once
         and runs on CPU.
-    temperature: 0 means greedy; top_k (0 = off) and top_p (1.0 = off) warp target and draft
+    temperature: 0 means greedy; top_k (0 or None = off) and top_p (1.0 or None = off) warp target and draft
         identically.
     seed: seeds each generation once (same prompt, same output); None draws afresh each call.
     dtype: auto, float32, bfloat16 or float16.
@@ -70,8 +70,8 @@ class SpeculativeDecoder:
         max_tokens: int = 50,
         device: str = "auto",
         temperature: float = 1.0,
-        top_k: int = 0,
-        top_p: float = 1.0,
+        top_k: int | None = 0,
+        top_p: float | None = 1.0,
         seed: int | None = None,
         dtype: str = "auto",
         drafter: str = "model",

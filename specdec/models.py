@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from .cpu_features import has_native_bf16
 from .errors import UsageError
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -66,10 +67,9 @@ def resolve_dtype(name: str | torch.dtype | None, device: torch.device) -> torch
 
 
 def cpu_has_native_bf16() -> bool:
-    """True when this CPU multiplies bf16 matrices natively (AVX512-BF16 or AMX tiles)."""
-    cpu = getattr(torch, "cpu", None)
-    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    return any(getattr(cpu, check, lambda: False)() for check in checks)
+    """True when this CPU multiplies bf16 matrices natively (AVX512-BF16 or AMX tiles); see
+    :mod:`specdec.cpu_features` (``SPECDEC_CPU_BF16=0|1`` overrides)."""
+    return has_native_bf16()
 
 
 def load_model(source, device: torch.device, dtype="auto", tokenizer=None, log=None) -> LoadedModel:

@@ -31,6 +31,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .cpu_features import prepack_unsupported
+
 #: Rows (tokens) up to which a packed layer is checked and used: a verification forward feeds
 #: gamma + 1 tokens, and the adaptive draft schedule goes up to gamma 16.
 MAX_PACKED_ROWS = 17
@@ -57,31 +59,54 @@ class PackReport:
 class PackedLinear(torch.nn.Module):
     """A linear layer with its weight prepacked for oneDNN.
 
-    weight / bias: the original parameters (shared, not copied), used for row counts outside
-        ``packed_rows``.
+    source: the user's linear layer: its weight and bias are read at every call (not copied),
+        so an in-place update (fine-tuning, ``load_state_dict``) or a replaced parameter is
+        noticed (through the tensor's version counter and identity) and the packed weight is
+        rebuilt before it is used; stale weights are never multiplied.
     packed_rows: the row counts (tokens in a forward) at which the packed weight was checked
-        to give exactly ``F.linear``'s result.
+        to give exactly ``F.linear``'s result (they depend on shapes, not values).
     """
 
     def __init__(self, linear: torch.nn.Linear, packed_rows: frozenset[int]) -> None:
         super().__init__()
         self.in_features = linear.in_features
         self.out_features = linear.out_features
-        self.weight = linear.weight
-        self.bias = linear.bias
         self.packed_rows = packed_rows
-        self.packed_weight = pack_weight(linear.weight.detach())
+        # A plain attribute (not a submodule): the user's layer is shared, not owned.
+        self.__dict__["source"] = linear
+        self._pack()
+
+    def _pack(self) -> None:
+        weight = self.source.weight
+        self._packed_from = (weight, weight._version)
+        self.packed_weight = pack_weight(weight.detach())
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.source.weight
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        return self.source.bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.numel() // self.in_features
+        weight = self.source.weight
         if rows in self.packed_rows:
-            return torch.ops.mkldnn._linear_pointwise(x, self.packed_weight, self.bias, "none", [], "")
-        return F.linear(x, self.weight, self.bias)
+            if self._packed_from[0] is not weight or self._packed_from[1] != weight._version:
+                self._pack()  # the weight changed since it was packed
+            return packed_linear(x, self.packed_weight, self.source.bias)
+        return F.linear(x, weight, self.source.bias)
 
 
 def pack_weight(weight: torch.Tensor) -> torch.Tensor:
     """The oneDNN blocked layout of a [out, in] weight, for inputs of a few rows."""
     return torch.ops.mkldnn._reorder_linear_weight(weight, 5)
+
+
+def packed_linear(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """``x @ W.T + b`` with ``W`` as :func:`pack_weight` laid it out."""
+    return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
 
 
 def identical_row_counts(linear: torch.nn.Linear, max_rows: int = MAX_PACKED_ROWS, seed: int = 0) -> frozenset[int]:
@@ -101,7 +126,7 @@ def identical_row_counts(linear: torch.nn.Linear, max_rows: int = MAX_PACKED_ROW
         for rows in range(1, max_rows + 1):
             x = inputs[:, :rows].contiguous()
             expected = F.linear(x, weight, bias)
-            got = torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
+            got = packed_linear(x, packed, bias)
             if torch.equal(expected, got):
                 rows_ok.add(rows)
     return frozenset(rows_ok)
@@ -123,32 +148,42 @@ def can_prepack(model: torch.nn.Module) -> str | None:
         return f"the model is on {parameter.device.type}, prepacking is for CPU"
     if parameter.dtype not in _PACKABLE_DTYPES:
         return f"the model is in {str(parameter.dtype).removeprefix('torch.')}; prepacking is for bfloat16/float16"
-    if not torch.backends.mkldnn.is_available():
-        return "this torch build has no oneDNN (mkldnn)"
-    return None
+    return prepack_unsupported(parameter.dtype)
 
 
-_PACKED: "weakref.WeakKeyDictionary[torch.nn.Module, tuple[torch.nn.Module, PackReport]]" = weakref.WeakKeyDictionary()
+# model -> (its packed copy, or None for "the model itself", PackReport). Weak keys, and a value
+# that never holds its key (None stands for the model; the packed copy references the model's
+# linear layers, not the model object), so a model the user drops is freed with its copy.
+_PACKED: "weakref.WeakKeyDictionary[torch.nn.Module, tuple[torch.nn.Module | None, PackReport]]" = weakref.WeakKeyDictionary()
 
 
 def decode_model(model: torch.nn.Module, enabled: bool = True) -> tuple[torch.nn.Module, PackReport]:
     """The model to run decode forwards on: a prepacked copy of ``model`` where that is possible
     and exact, else ``model`` itself. Packed once per model object and shared by every caller
-    (an engine and its drafters), so a model is never packed twice."""
+    (an engine and its drafters), so a model is never packed twice. In-place weight updates are
+    picked up by the packed layers themselves (:class:`PackedLinear`); :func:`repack` starts
+    over (after changing a model's structure or dtype)."""
     linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
     if not enabled:
         return model, PackReport(0, len(linears), 0, "prepacking switched off")
     if model in _PACKED:
-        return _PACKED[model]
+        packed, report = _PACKED[model]
+        return (packed if packed is not None else model), report
     reason = can_prepack(model)
     if reason is None:
         reason = _memory_shortfall(linears)
     if reason is not None:
-        result = (model, PackReport(0, len(linears), 0, f"weights not prepacked: {reason}"))
+        packed, report = None, PackReport(0, len(linears), 0, f"weights not prepacked: {reason}")
     else:
-        result = _packed_copy(model)
-    _PACKED[model] = result
-    return result
+        packed, report = _packed_copy(model)
+    _PACKED[model] = (packed, report)
+    return (packed if packed is not None else model), report
+
+
+def repack(model: torch.nn.Module) -> tuple[torch.nn.Module, PackReport]:
+    """Forget ``model``'s packed copy and make a new one (engines built before keep the old)."""
+    _PACKED.pop(model, None)
+    return decode_model(model)
 
 
 def _memory_shortfall(linears: list[torch.nn.Linear]) -> str | None:
@@ -166,19 +201,21 @@ def _packed_copy(model: torch.nn.Module) -> tuple[torch.nn.Module, PackReport]:
     # A structural copy that shares every parameter and buffer: the original stays as it was.
     shared = {id(t): t for t in (*model.parameters(), *model.buffers())}
     clone = copy.deepcopy(model, memo=shared)
+    originals = dict(model.named_modules())
     checked: dict[tuple, frozenset[int]] = {}
     packed_layers, partial_layers, packed_bytes, total = 0, 0, 0, 0
-    for parent in list(clone.modules()):
+    for parent_name, parent in list(clone.named_modules()):
         for name, child in list(parent.named_children()):
             if not isinstance(child, torch.nn.Linear):
                 continue
+            source = originals[f"{parent_name}.{name}" if parent_name else name]
             total += 1
             shape = (tuple(child.weight.shape), child.weight.dtype, child.bias is not None)
             if shape not in checked:
                 checked[shape] = identical_row_counts(child)
             if not checked[shape]:
                 continue
-            setattr(parent, name, PackedLinear(child, checked[shape]))
+            setattr(parent, name, PackedLinear(source, checked[shape]))
             packed_layers += 1
             partial_layers += len(checked[shape]) < MAX_PACKED_ROWS
             packed_bytes += child.weight.numel() * child.weight.element_size()

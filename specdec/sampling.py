@@ -20,17 +20,23 @@ class SamplingParams:
     """How the next token is chosen.
 
     temperature: 0 (or <= 1e-6) means greedy argmax; otherwise logits are divided by it.
-    top_k: keep the k most likely tokens (0 = no limit).
-    top_p: keep the smallest set of tokens whose probability sums to at least top_p (1.0 = all).
+    top_k: keep the k most likely tokens (0 or None = no limit, as in transformers).
+    top_p: keep the smallest set of tokens whose probability sums to at least top_p (1.0 or
+        None = all).
     """
 
     temperature: float = 1.0
-    top_k: int = 0
-    top_p: float = 1.0
+    top_k: int | None = 0
+    top_p: float | None = 1.0
 
     def __post_init__(self) -> None:
         from .errors import UsageError
 
+        # transformers' GenerationConfig writes "off" as None; store the numeric "off".
+        if self.top_k is None:
+            object.__setattr__(self, "top_k", 0)
+        if self.top_p is None:
+            object.__setattr__(self, "top_p", 1.0)
         if not self.temperature >= 0:  # also refuses NaN
             raise UsageError(f"temperature must be >= 0 (0 means greedy), got {self.temperature}")
         if self.top_k < 0:

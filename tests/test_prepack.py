@@ -15,7 +15,8 @@ from transformers import AutoModelForCausalLM, DynamicCache
 
 from conftest import IdTokenizer, make_tiny_llama
 from specdec.engine import Engine, GenerationConfig
-from specdec.prepack import MAX_PACKED_ROWS, PackedLinear, decode_model, identical_row_counts
+from specdec.cpu_features import prepack_unsupported
+from specdec.prepack import MAX_PACKED_ROWS, PackedLinear, decode_model, identical_row_counts, repack
 from specdec.sampling import GREEDY
 
 CPU = torch.device("cpu")
@@ -24,6 +25,22 @@ VOCAB = 256
 
 def bf16_llama(seed: int = 0):
     return make_tiny_llama(seed=seed, vocab_size=VOCAB, layers=2, hidden=64, max_positions=512).to(torch.bfloat16)
+
+
+ONEDNN_BF16 = prepack_unsupported(torch.bfloat16)
+needs_onednn_bf16 = pytest.mark.skipif(ONEDNN_BF16 is not None, reason=f"oneDNN packing unavailable: {ONEDNN_BF16}")
+
+
+@pytest.fixture
+def fake_packing(monkeypatch):
+    """oneDNN's packing replaced by a plain copy and F.linear, so the bookkeeping around it
+    (which widths use it, staleness, memory) is tested on every CPU, AVX2 ones included."""
+    import specdec.prepack as prepack
+
+    monkeypatch.setattr(prepack, "prepack_unsupported", lambda dtype: None)
+    monkeypatch.setattr(prepack, "pack_weight", lambda weight: weight.detach().clone())
+    monkeypatch.setattr(prepack, "packed_linear", lambda x, packed, bias: torch.nn.functional.linear(x, packed, bias))
+    monkeypatch.setattr(prepack, "identical_row_counts", lambda linear, *a, **k: frozenset(range(1, MAX_PACKED_ROWS + 1)))
 
 
 def packed_or_skip(model):
@@ -88,10 +105,12 @@ def test_greedy_output_with_and_without_prepacking_is_the_same_and_matches_trans
     assert fast.token_ids == plain.token_ids == reference
 
 
+@needs_onednn_bf16
 def test_a_packed_layer_uses_the_packed_weight_only_at_checked_widths():
     linear = torch.nn.Linear(32, 16, bias=False).to(torch.bfloat16)
     layer = PackedLinear(linear, frozenset({1}))
     layer.packed_weight = torch.ops.mkldnn._reorder_linear_weight(torch.zeros_like(linear.weight), 5)
+    layer._packed_from = (linear.weight, linear.weight._version)
     with torch.inference_mode():
         one_row = layer(torch.ones(1, 1, 32, dtype=torch.bfloat16))
         two_rows = layer(torch.ones(1, 2, 32, dtype=torch.bfloat16))
@@ -99,6 +118,7 @@ def test_a_packed_layer_uses_the_packed_weight_only_at_checked_widths():
     assert torch.equal(two_rows, torch.nn.functional.linear(torch.ones(1, 2, 32, dtype=torch.bfloat16), linear.weight))
 
 
+@needs_onednn_bf16
 def test_identity_check_finds_the_widths_where_packing_is_exact():
     linear = torch.nn.Linear(64, 48, bias=True).to(torch.bfloat16)
     rows = identical_row_counts(linear)
@@ -121,7 +141,7 @@ def test_switched_off_prepacking_runs_the_model_itself():
     assert packed is model and report.note == "prepacking switched off"
 
 
-def test_too_little_free_memory_skips_packing_with_a_note(monkeypatch):
+def test_too_little_free_memory_skips_packing_with_a_note(monkeypatch, fake_packing):
     import psutil
 
     class Tiny:
@@ -142,3 +162,73 @@ def test_stories260k_in_bf16_packed_equals_plain(stories_path):
     for width, (a, b) in enumerate(zip(logits_by_chunks(model, prompt, continuation),
                                        logits_by_chunks(packed, prompt, continuation))):
         assert torch.equal(a, b), f"stories260K logits differ for a forward of {width or 'the prefill'} token(s)"
+
+
+# --- every CPU: the fallback, the memo, stale weights ------------------------------------------
+
+
+def test_a_cpu_without_the_instructions_decodes_on_plain_weights_with_one_note(monkeypatch):
+    """AVX2-only CPUs (most cloud VMs and laptops): oneDNN cannot reorder bf16 weights there.
+    No traceback: the model itself decodes, and the note says why in one line."""
+    import specdec.cpu_features as features
+
+    features._trial_reorder.cache_clear()
+    monkeypatch.setattr(torch.ops.mkldnn, "_reorder_linear_weight",
+                        lambda *a: (_ for _ in ()).throw(RuntimeError("bf16 path needs avx512bw")), raising=False)
+    try:
+        model = bf16_llama(seed=6)
+        packed, report = decode_model(model)
+        assert packed is model and report.packed_layers == 0
+        assert "lacks the instructions" in report.note and "\n" not in report.note
+        engine = Engine(model, IdTokenizer(VOCAB), CPU, eos_token_ids=set())
+        assert len(engine.generate([1, 2, 3], GenerationConfig(max_new_tokens=4, sampling=GREEDY)).token_ids) == 4
+    finally:
+        features._trial_reorder.cache_clear()
+
+
+def test_native_bf16_detection_can_be_forced_either_way(monkeypatch):
+    from specdec.models import resolve_dtype
+
+    monkeypatch.setenv("SPECDEC_CPU_BF16", "0")
+    assert resolve_dtype("auto", CPU) == torch.float32
+    monkeypatch.setenv("SPECDEC_CPU_BF16", "1")
+    assert resolve_dtype("auto", CPU) == torch.bfloat16
+
+
+def test_a_model_the_user_drops_is_freed_with_its_packed_copy(fake_packing):
+    import gc
+    import weakref
+
+    for pack in (True, False):  # a packed copy, and "the model itself" (nothing to pack)
+        model = bf16_llama(seed=7) if pack else make_tiny_llama(seed=7, vocab_size=VOCAB)
+        packed, report = decode_model(model)
+        assert (report.packed_layers > 0) == pack
+        alive = weakref.ref(model)
+        del model, packed
+        gc.collect()
+        assert alive() is None, "the prepack memo kept a dropped model alive"
+
+
+def test_packed_weights_follow_in_place_updates_of_the_users_model(fake_packing):
+    """Fine-tuning or load_state_dict after the engine was built: decoding uses the new weights."""
+    model = bf16_llama(seed=8)
+    other = bf16_llama(seed=9)
+    engine = Engine(model, IdTokenizer(VOCAB), CPU, eos_token_ids=set())
+    config = GenerationConfig(max_new_tokens=12, sampling=GREEDY)
+    before = engine.generate([5, 6, 7], config).token_ids
+    model.load_state_dict(other.state_dict())  # copies in place: same tensors, new values
+    reference = Engine(other, IdTokenizer(VOCAB), CPU, eos_token_ids=set(), prepack=False)
+    assert engine.generate([5, 6, 7], config).token_ids == reference.generate([5, 6, 7], config).token_ids
+    with torch.no_grad():
+        model.lm_head.weight.mul_(-1.0)  # an in-place edit of one layer
+    flipped = Engine(model, IdTokenizer(VOCAB), CPU, eos_token_ids=set(), prepack=False).generate([5, 6, 7], config)
+    assert engine.generate([5, 6, 7], config).token_ids == flipped.token_ids
+    assert before != flipped.token_ids
+
+
+def test_repack_makes_a_fresh_copy(fake_packing):
+    model = bf16_llama(seed=10)
+    first, _ = decode_model(model)
+    second, report = repack(model)
+    assert second is not first and report.packed_layers > 0
+    assert decode_model(model)[0] is second

@@ -285,7 +285,7 @@ class BenchConfig:
             raise UsageError(f"workload.num_prompts must be >= 1, got {self.get('workload.num_prompts')}")
         if self.get("generation.temperature") < 0:
             raise UsageError("generation.temperature must be >= 0 (0 = greedy)")
-        if not 0 < self.get("generation.top_p") <= 1:
+        if self.get("generation.top_p") is not None and not 0 < self.get("generation.top_p") <= 1:
             raise UsageError("generation.top_p must be in (0, 1]")
         if self.get("load.mode") == "poisson":
             rate = self.get("load.rate")
