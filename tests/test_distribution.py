@@ -123,10 +123,10 @@ def reference_probs(logits: torch.Tensor, temperature: float, top_k: int, top_p:
     return result / result.sum()
 
 
-def exact_distribution(table, prompt, sampling: SamplingParams) -> dict[tuple[int, ...], float]:
-    """The target's exact probability of every continuation of NEW_TOKENS tokens."""
+def exact_distribution(table, prompt, sampling: SamplingParams, new_tokens: int = NEW_TOKENS) -> dict[tuple[int, ...], float]:
+    """The target's exact probability of every continuation of ``new_tokens`` tokens."""
     dist = {(): 1.0}
-    for _ in range(NEW_TOKENS):
+    for _ in range(new_tokens):
         grown = {}
         for prefix, mass in dist.items():
             probs = reference_probs(table[tuple(prompt) + prefix], sampling.temperature, sampling.top_k, sampling.top_p)
