@@ -21,6 +21,7 @@ import torch
 from .draft_head import DEFAULT_DRAFT_VOCAB, with_subset_head
 from .prepack import decode_model
 from .runners import ForwardClock, ModelRunner
+from .runners.transfer import to_device
 from .sampling import SamplingParams, probabilities, sample_unnormalized
 
 
@@ -262,7 +263,7 @@ class ModelDraft(Drafter):
         width = max(len(f) for f in feeds)
         tokens = [[0] * (width - len(f)) + f for f in feeds]
         layout = [[False] * (width - len(f)) + [True] * len(f) for f in feeds]
-        feed = torch.tensor(tokens, dtype=torch.long, device=self.device)
+        feed = to_device(tokens, torch.long, self.device)
         return self.runner.forward(feed, None if all(all(r) for r in layout) else layout)[:, -1]
 
     def propose(self, contexts, budgets, sampling, generator) -> Proposal:
@@ -270,7 +271,7 @@ class ModelDraft(Drafter):
         batch = len(contexts)
         width = max(budgets)
         logits = self._first_logits(contexts)
-        budget = torch.tensor(budgets, dtype=torch.long, device=self.device)
+        budget = to_device(budgets, torch.long, self.device)
         lengths = budget.clone()
         threshold = self.length_policy.confidence_threshold
         tokens, rows = [], []
@@ -353,8 +354,8 @@ class NgramDraft(Drafter):
             for context, budget in zip(contexts, budgets)
         ]
         width = max(1, max(len(f) for f in found))
-        tokens = torch.tensor([f + [0] * (width - len(f)) for f in found], dtype=torch.long, device=self.device)
-        lengths = torch.tensor([len(f) for f in found], dtype=torch.long, device=self.device)
+        tokens = to_device([f + [0] * (width - len(f)) for f in found], torch.long, self.device)
+        lengths = to_device([len(f) for f in found], torch.long, self.device)
         return Proposal(tokens, lengths, None, [len(f) for f in found])
 
 

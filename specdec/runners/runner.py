@@ -30,6 +30,7 @@ from ..cache import crop_cache, has_sliding_layers, new_cache
 from ..errors import UsageError
 from .slots import SlotTable
 from .timing import ForwardClock
+from .transfer import to_device
 
 CACHE_KINDS = ("dynamic", "static")
 #: Static caches are sized in multiples of this many slots, so that requests of similar
@@ -141,10 +142,17 @@ class ModelRunner:
             if table.slots + width > self.capacity:
                 raise RuntimeError(f"static cache of {self.capacity} slots is full; this is a bug in sizing it")
         start = table.slots
-        positions = torch.tensor(table.positions(layout), dtype=torch.long, device=self.device)
+        if table.valid is None and batch == 1 and all(layout[0]):
+            # The common case, batch 1: positions follow from the length alone (no host data).
+            positions = torch.arange(table.lengths[0], table.lengths[0] + width, device=self.device).unsqueeze(0)
+        else:
+            positions = to_device(table.positions(layout), torch.long, self.device)
         table.append(layout)
         if self.cache_kind == "static":
-            self._slot_valid[:, start:start + width] = torch.tensor(layout, dtype=torch.bool, device=self.device)
+            if all(all(row) for row in layout):
+                self._slot_valid[:, start:start + width] = True
+            else:
+                self._slot_valid[:, start:start + width] = to_device(layout, torch.bool, self.device)
             mask = self._mask_4d(start, width)
             cache_position = torch.arange(start, start + width, device=self.device)
             if self.graphs is not None:
@@ -171,7 +179,7 @@ class ModelRunner:
         if self._slot_valid is not None:
             self._slot_valid[:, table.slots:before] = False
             if table.valid is not None:
-                self._slot_valid[:, : table.slots] = torch.tensor(table.valid, dtype=torch.bool, device=self.device)
+                self._slot_valid[:, : table.slots] = to_device(table.valid, torch.bool, self.device)
 
     # --- rows leaving the batch ----------------------------------------------------------
 
@@ -211,7 +219,7 @@ class ModelRunner:
         length = self.capacity if self.cache_kind == "static" else slots
         valid = table.valid if table.valid is not None else [[True] * table.slots] * table.batch_size
         rows = [row + [False] * (length - len(row)) for row in valid]
-        return torch.tensor(rows, dtype=torch.long, device=self.device)
+        return to_device(rows, torch.long, self.device)
 
     def _mask_4d(self, start: int, width: int) -> torch.Tensor:
         """Additive [batch, 1, width, capacity] mask for a static-cache decode forward: query i
