@@ -244,7 +244,8 @@ def _spread_text(spread) -> str:
 
 def print_arm_table(summary: dict, manifest: dict) -> None:
     arms = summary["arms"]
-    print(f"\narms: medians over {summary['prompts']} prompts ({manifest['prompt_source']}), greedy, "
+    count = summary["prompts"]
+    print(f"\narms: medians over {count} prompt{'s' * (count != 1)} ({manifest['prompt_source']}), greedy, "
           f"{manifest['max_new_tokens']} new tokens, gamma {manifest['gamma']} ({manifest['schedule']}), "
           f"arm order rotated per prompt, one warm-up per arm excluded [{where(manifest)}]")
     header = (f"{'arm':10} {'tok/s':>8} {'x hf-static: med (min..max)':>28} {'x sd-ar: med (min..max)':>24} "
