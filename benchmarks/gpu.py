@@ -163,7 +163,7 @@ def random_model(folder: str, device: torch.device, dtype: torch.dtype, seed: in
     torch.manual_seed(seed)
     with quiet_transformers(), torch.device(device):  # initialise on the device: fast on a GPU
         model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path), dtype=dtype)
-    return model.eval()
+    return model.to(device).eval()  # a no-op where the device context already placed it
 
 
 def load_models(args, device: torch.device, dtype: torch.dtype, log) -> Models:
@@ -357,7 +357,8 @@ class DeviceProbe:
                 yield
             finally:
                 torch.cuda.set_sync_debug_mode(previous)
-        run_box.update(syncs=sum("synchroniz" in str(w.message) for w in caught),
+        # PyTorch's text: "called a synchronizing CUDA operation" (older releases: "... operation").
+        run_box.update(syncs=sum("called a synchronizing" in str(w.message) for w in caught),
                        peak_bytes=torch.cuda.max_memory_allocated(self.device), start_bytes=start)
 
     def release(self) -> None:

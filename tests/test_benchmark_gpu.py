@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 
 import pytest
 
@@ -128,3 +129,28 @@ def test_summary_arithmetic():
     leviathan = (1 - alpha ** (gamma + 1)) / ((1 - alpha) * (gamma * c + 1))
     assert out["prediction"]["predicted"] == pytest.approx(leviathan)
     assert out["prediction"]["efficiency"] == pytest.approx(1.25 / leviathan)
+
+
+def test_device_probe_counts_every_sync_warning(monkeypatch):
+    """The CUDA-only probe, with torch.cuda stood in for: every sync warning counts (also two
+    from one source line, which Python's default filter would show once), other warnings do
+    not, and the sync debug mode is put back."""
+    import torch
+
+    sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
+    try:
+        from gpu import DeviceProbe
+    finally:
+        sys.path.remove(str(REPO_ROOT / "benchmarks"))
+    modes = []
+    for name, fake in {"synchronize": lambda device=None: None, "reset_peak_memory_stats": lambda device=None: None,
+                       "memory_allocated": lambda device=None: 100, "max_memory_allocated": lambda device=None: 300,
+                       "get_sync_debug_mode": lambda: 0, "set_sync_debug_mode": modes.append}.items():
+        monkeypatch.setattr(torch.cuda, name, fake)
+    box: dict = {}
+    with DeviceProbe(torch.device("cuda")).measure(box):
+        for _ in range(3):
+            warnings.warn("called a synchronizing CUDA operation")
+        warnings.warn("something else")
+    assert box == {"syncs": 3, "peak_bytes": 300, "start_bytes": 100}
+    assert modes == ["warn", 0]
