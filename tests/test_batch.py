@@ -142,3 +142,14 @@ def test_every_row_of_a_sampled_batch_has_the_targets_distribution(sampling_mode
         statistic, dof, p_value = chi_square(observed, exact, draws)
         assert p_value > ALPHA, (f"prompt {prompt}: chi2={statistic:.1f} dof={dof} p={p_value:.2e} "
                                  f"TV={total_variation(observed, exact, draws):.3f}")
+
+
+def test_api_batch_rows_equal_single_generations(stories_path):
+    from specdec.main import SpeculativeDecoder
+
+    decoder = SpeculativeDecoder(approx_model_name=str(stories_path), target_model_name=str(stories_path), gamma=3,
+                                 max_tokens=16, device="cpu", temperature=0.0, dtype="float32")
+    texts = ["Once upon a time", "The little dog ran to the park and", "Lily"]
+    batch = decoder.generate_batch(texts)
+    assert [r.token_ids for r in batch] == [decoder.generate(t).token_ids for t in texts]
+    assert [r.text for r in decoder.generate_batch(texts, speculative=False)] == [r.text for r in batch]
