@@ -113,20 +113,29 @@ class Models:
         return self.target.model.get_output_embeddings().weight.shape[0]
 
 
-def _native_ignored(config) -> list[str]:
-    """Serving options the single-request native engine cannot honour (set to non-defaults)."""
+def _native_ignored(config, batches: bool = True) -> list[str]:
+    """Serving options the native engine cannot honour (set to non-defaults). ``batches``:
+    whether the backend decodes batches (specdec's engine does; transformers' assisted
+    generation is batch-1 only)."""
     ignored = []
     checks = {
         "engine.tensor_parallel_size": lambda v: v != 1,
         "engine.gpu_memory_utilization": lambda v: v is not None,
-        "engine.enable_batch": lambda v: bool(v),
-        "engine.batch_size": lambda v: v != 1,
-        "engine.max_batch_length": lambda v: v is not None,
     }
     for key, is_set in checks.items():
         if is_set(config.get(key)):
-            ignored.append(f"{key}={config.get(key)} (serves one request at a time on one device)")
+            ignored.append(f"{key}={config.get(key)} (the native engine runs on one device)")
+    if not batches and batch_size(config) > 1:
+        ignored.append(f"engine.batch_size={batch_size(config)} (transformers' generate runs the rows one at a time)")
     return ignored
+
+
+def batch_size(config) -> int:
+    """Rows decoded together: ``engine.batch_size`` (S4's BATCH_SIZE), unless ``engine.enable_batch``
+    (ENABLE_BATCH) was explicitly switched off."""
+    if config.explicit.get("engine.enable_batch") and not config.get("engine.enable_batch"):
+        return 1
+    return max(1, config.get("engine.batch_size") or 1)
 
 
 class NativeBackend:
@@ -168,6 +177,10 @@ class NativeBackend:
     def generate(self, prompt_ids, config: GenerationConfig) -> GenerationResult:
         return self.models.engine.generate(prompt_ids, config, self.drafter)
 
+    def generate_batch(self, prompts: list[list[int]], config: GenerationConfig) -> list[GenerationResult]:
+        """Every prompt of ``prompts`` decoded together as one batch (ragged rows)."""
+        return self.models.engine.generate_batch(prompts, config, self.drafter)
+
     def ignored_options(self, config) -> list[str]:
         ignored = _native_ignored(config)
         if self.uses_ngram and config.get("speculative.draft_schedule") == "adaptive":
@@ -187,6 +200,11 @@ class HFBackend:
         self.models.target
         if self.name == "hf_assisted":
             self.models.draft
+
+    def generate_batch(self, prompts: list[list[int]], config: GenerationConfig) -> list[GenerationResult]:
+        """transformers' assisted generation and prompt lookup are batch-1 only: rows run one
+        after another (``ignored_options`` says so), each timed on its own."""
+        return [self.generate(ids, config) for ids in prompts]
 
     def generate(self, prompt_ids, config: GenerationConfig) -> GenerationResult:
         m = self.models
@@ -208,7 +226,7 @@ class HFBackend:
                 "assistant_confidence_threshold": self.config.get("speculative.confidence_threshold")}
 
     def ignored_options(self, config) -> list[str]:
-        ignored = _native_ignored(config)
+        ignored = _native_ignored(config, batches=False)
         if self.name == "hf_prompt_lookup" and config.get("speculative.ngram_min") != 1:
             ignored.append("speculative.ngram_min (transformers' prompt lookup only takes a max n-gram size)")
         return ignored

@@ -14,6 +14,7 @@ from . import results as R
 from .config import load_config, parse_set
 from .report import comparison_table, print_summary, rerender
 from .runner import BenchmarkRunner
+from .batch_sweep import batch_rows, batch_table, parse_batch_sizes, slowdown_note
 from .sweep import best_gamma, parse_gammas, sweep_markdown, sweep_methods, sweep_rows, sweep_table
 
 #: flag dest -> dotted config key
@@ -46,6 +47,7 @@ FLAG_KEYS = {
     "monitor": "run.monitor",
     "device": "engine.device",
     "dtype": "engine.dtype",
+    "batch_size": "engine.batch_size",
 }
 
 
@@ -105,6 +107,10 @@ def _parser(command: str) -> argparse.ArgumentParser:
     p.add_argument("--no-monitor", dest="monitor", action="store_false", default=None)
     p.add_argument("--device")
     p.add_argument("--dtype")
+    p.add_argument("--batch-size", type=int, help="rows decoded together (engine.batch_size, S4's BATCH_SIZE)")
+    if command == "bench":
+        p.add_argument("--batch-sizes", help="sweep batch sizes, e.g. 1,4,16: one full run per size into "
+                       "OUTPUT_DIR/batch-N and a table of the speedup at each")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any config key, e.g. engine.batch_size=8")
     p.add_argument("--overwrite", action="store_true", help="replace results of a different config")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -191,11 +197,40 @@ def _bench(args, out: Console, err: Console) -> int:
         return 0
     if args.output_base and not args.output_dir:
         raise UsageError("--output-base goes with --configs; for one config use --output-dir")
+    if getattr(args, "batch_sizes", None):
+        return _batch_sweep(args, flags, out, err)
     runner = BenchmarkRunner(load_config(args.config, flags), args.output_dir, args.overwrite,
                              console=None if args.no_progress else err)
     metrics = runner.run()
     print_summary(out, metrics)
     out.print(f"[dim]results in {runner.results.path}[/dim]")
+    return 0
+
+
+def _batch_sweep(args, flags: dict, out: Console, err: Console) -> int:
+    sizes = parse_batch_sizes(args.batch_sizes)
+    if not args.output_dir:
+        raise UsageError("--batch-sizes needs --output-dir DIR (each size runs into DIR/batch-N)")
+    configs = []
+    for size in sizes:
+        config = load_config(args.config, flags)
+        config.set("engine.batch_size", size, "--batch-sizes")
+        config.validate()
+        configs.append(config)
+    runs = []
+    for size, config in zip(sizes, configs):
+        out.rule(f"[bold]batch size {size}")
+        runner = BenchmarkRunner(config, Path(args.output_dir) / f"batch-{size}", args.overwrite,
+                                 console=None if args.no_progress else err)
+        metrics = runner.run()
+        print_summary(out, metrics, f"batch {size}")
+        runs.append((size, metrics))
+    rows = batch_rows(runs)
+    out.print(batch_table(rows))
+    note = slowdown_note(rows)
+    if note:
+        out.print(note)
+    R.write_json(Path(args.output_dir) / "batch_sweep.json", {"rows": rows})
     return 0
 
 

@@ -12,6 +12,8 @@ from statistics import median
 
 import numpy as np
 
+from ..stats import expected_tau_from_lengths, pool_accept_at, predicted_speedup_from_lengths
+
 
 def percentiles(values) -> dict:
     """p50 / p90 / p99 / mean / n of the non-null ``values`` (None figures when there are none)."""
@@ -76,12 +78,31 @@ def _acceptance(records) -> dict:
     with_steps = [r for r in records if r.get("steps")]
     if not with_steps:
         return {k: None for k in ("steps", "proposed", "accepted", "rejections", "draft_acceptance_rate", "alpha",
-                                  "tau", "accept_at", "accept_upto")}
+                                  "tau", "accept_at", "accept_upto", "proposal_lengths")}
     steps = sum(r["steps"] for r in with_steps)
     proposed = sum(r["proposed"] for r in with_steps)
     accepted = sum(r["accepted"] for r in with_steps)
     rejections = sum(r["rejections"] for r in with_steps)
     tokens = sum((r["tau"] or 0) * r["steps"] for r in with_steps)
+    histogram: Counter = Counter()
+    for r in with_steps:
+        histogram.update({int(g): n for g, n in (r.get("proposal_lengths") or {}).items()})
+    if all(r.get("accept_at_counts") for r in with_steps):
+        # Raw counts pooled (records since the runner rewrite): exact, not re-weighted ratios.
+        counts = [r["accept_at_counts"] for r in with_steps]
+        accepted_raw = [0] * max(len(c["accepted"]) for c in counts)
+        for c in counts:
+            for k, a in enumerate(c["accepted"]):
+                accepted_raw[k] += a
+        return {
+            "steps": steps, "proposed": proposed, "accepted": accepted, "rejections": rejections,
+            "draft_acceptance_rate": _ratio(accepted, proposed),
+            "alpha": _ratio(accepted, accepted + rejections),
+            "tau": _ratio(tokens, steps),
+            "accept_at": pool_accept_at(counts),
+            "accept_upto": [a / steps for a in accepted_raw],
+            "proposal_lengths": {str(g): n for g, n in sorted(histogram.items())} or None,
+        }
     width = max((len(r.get("accept_upto") or []) for r in with_steps), default=0)
     accepted_k = [0.0] * width  # steps whose first k drafts were all accepted (k = 1..width)
     reached_k = [0.0] * width  # steps whose draft reached position k (estimated, see docs)
@@ -109,7 +130,9 @@ def _acceptance(records) -> dict:
 
 def _span_seconds(records) -> float | None:
     """Wall time the method's requests occupied: under Poisson load from the first arrival to the
-    last finish (per repeat, summed); otherwise the sum of service times (one request at a time)."""
+    last finish (per repeat, summed); otherwise the time the server was busy with them: the sum
+    of service times one request at a time, of batch times with batches (methods alternate in
+    one run, so this is each method's share of the run's wall time)."""
     if any(r.get("arrival_s") is not None for r in records):
         total = 0.0
         for repeat in {r["repeat"] for r in records}:
@@ -118,7 +141,38 @@ def _span_seconds(records) -> float | None:
             last = max(r["arrival_s"] + (r.get("queue_wait_s") or 0) + r["service_e2e_s"] for r in rs)
             total += last - first
         return total
+    batches = {r["batch_id"]: r.get("batch_e2e_s") for r in records if r.get("batch_id")}
+    if batches and None not in batches.values():
+        return sum(batches.values())
     return _sum(records, "service_e2e_s")
+
+
+def leviathan(alpha, gamma, c, proposal_lengths) -> dict:
+    """``expected_tau`` and ``predicted_speedup`` (Leviathan et al.): over the draft lengths the
+    steps actually used when the records carry their histogram (the adaptive schedule varies
+    them), else for the configured gamma."""
+    if proposal_lengths:
+        return {"expected_tau": expected_tau_from_lengths(alpha, proposal_lengths),
+                "predicted_speedup": predicted_speedup_from_lengths(alpha, c, proposal_lengths)}
+    return {"expected_tau": expected_tau(alpha, gamma), "predicted_speedup": predicted_speedup(alpha, gamma, c)}
+
+
+def draft_length_summary(proposal_lengths) -> dict | None:
+    """Mean, min and max drafts per step from the histogram {g: steps} (None without one)."""
+    if not proposal_lengths:
+        return None
+    histogram = {int(g): n for g, n in proposal_lengths.items() if n}
+    steps = sum(histogram.values())
+    return {"mean": sum(g * n for g, n in histogram.items()) / steps, "min": min(histogram), "max": max(histogram)}
+
+
+def _batch_tokens_per_s(records, new_tokens, service) -> float | None:
+    """Output tokens of all rows / summed wall time of the batches (each batch counted once);
+    with batch size 1 it is ``tokens_per_s``."""
+    batches = {r["batch_id"]: r.get("batch_e2e_s") for r in records if r.get("batch_id")}
+    if not batches or None in batches.values():
+        return _ratio(new_tokens, service)
+    return _ratio(new_tokens, sum(batches.values()))
 
 
 def method_summary(records) -> dict:
@@ -142,7 +196,12 @@ def method_summary(records) -> dict:
         "prompt_tokens": _sum(records, "prompt_tokens"),
         "service_s": service,
         "tokens_per_s": _ratio(new_tokens, service),
+        "batch_tokens_per_s": _batch_tokens_per_s(records, new_tokens, service),
+        # As ``vllm bench serve``: output tokens and requests over the run's wall time (its
+        # span under load, the busy time otherwise); per-request speed is reported apart.
         "throughput": _ratio(new_tokens, span),
+        "request_throughput": _ratio(len(records), span),
+        "request_tokens_per_s": percentiles(r.get("tokens_per_s") for r in records),
         "ttft_s": percentiles(r.get("ttft_s") for r in records),
         "tpot_s": percentiles(r.get("tpot_s") for r in records),
         "e2e_s": percentiles(r.get("e2e_s") for r in records),
@@ -154,8 +213,8 @@ def method_summary(records) -> dict:
         "t_target": mean_t_target,
         "t_draft": mean_t_draft,
         "c": c,
-        "expected_tau": expected_tau(acceptance["alpha"], gamma),
-        "predicted_speedup": predicted_speedup(acceptance["alpha"], gamma, c),
+        "draft_length": draft_length_summary(acceptance.get("proposal_lengths")),
+        **leviathan(acceptance["alpha"], gamma, c, acceptance.get("proposal_lengths")),
         "energy_j": energy,
         "j_per_token": _ratio(energy, new_tokens) if energy is not None else None,
         "peak_mem_bytes": max((r["peak_mem_bytes"] for r in records if r.get("peak_mem_bytes")), default=None),
@@ -224,6 +283,13 @@ def summarize(records, methods: list[str], baseline: str = "target", resamples: 
     for label in ordered:
         summary = method_summary(by_method[label])
         if label != baseline and baseline in by_method:
+            base_t_target = method_summary(by_method[baseline])["t_target"]
+            if summary.get("t_draft") is not None and base_t_target:
+                # c per metrics.md: one draft forward against one width-1 decode forward of the
+                # target, which the baseline measures (a speculative run mostly has wider ones).
+                summary["c"] = summary["t_draft"] / base_t_target
+                summary["c_basis"] = "draft forward / baseline's width-1 target forward"
+                summary.update(leviathan(summary["alpha"], summary["gamma"], summary["c"], summary.get("proposal_lengths")))
             summary.update(paired_speedup(by_method[baseline], by_method[label], resamples, seed))
             summary["efficiency"] = _ratio(summary["speedup"], summary["predicted_speedup"])
         elif label == baseline:

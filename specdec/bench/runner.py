@@ -19,7 +19,7 @@ import torch
 
 from ..errors import UsageError
 from . import results as R
-from .backends import Models, check_methods, generation_config, make_backend
+from .backends import Models, batch_size, check_methods, generation_config, make_backend
 from .config import BenchConfig, load_config
 from .manifest import manifest
 from .metrics import summarize
@@ -129,7 +129,10 @@ class BenchmarkRunner:
                 self._warmup(specs, backends, prompts[0])
                 monitor = Monitor(self.models.device, self.config.get("run.monitor_interval_s"),
                                   self.config.get("run.monitor")).start()
-                self._loop(specs, backends, jobs, done, monitor, total, todo)
+                if batch_size(self.config) > 1:
+                    self._loop_batched(specs, backends, jobs, done, monitor, total, todo)
+                else:
+                    self._loop(specs, backends, jobs, done, monitor, total, todo)
         except KeyboardInterrupt:
             interrupted = True
         finally:
@@ -145,6 +148,11 @@ class BenchmarkRunner:
         """Leave out prompts whose first turn plus ``generation.max_tokens`` exceeds the target's
         context, naming them, rather than failing mid-run on one long prompt."""
         limit = self.models.engine.context_limit
+        cap = self.config.get("engine.max_batch_length")
+        if cap is not None:
+            # MAX_BATCH_LENGTH caps prompt + new tokens per row: longer prompts are left out,
+            # named (never truncated: a cut prompt would be another request).
+            limit = min(limit, cap) if limit else cap
         if not limit:
             return prompts
         budget = self.config.get("generation.max_tokens")
@@ -170,9 +178,14 @@ class BenchmarkRunner:
             return
         ids = encode_turns(self.models.target.tokenizer, [{"role": "user", "content": prompt.turns[0]}],
                            self.config.get("workload.chat_template"))
+        size = batch_size(self.config)
         for i in range(n):
             for spec in specs:
-                backends[spec.label].generate(ids, generation_config(self.config, spec, self.config.get("generation.seed") + i))
+                gen = generation_config(self.config, spec, self.config.get("generation.seed") + i)
+                if size > 1:  # the batch shape the run uses (a static cache and its graphs are sized here)
+                    backends[spec.label].generate_batch([ids] * size, gen)
+                else:
+                    backends[spec.label].generate(ids, gen)
 
     def _loop(self, specs, backends, jobs, done, monitor, total, todo) -> None:
         tokenizer = self.models.target.tokenizer
@@ -205,6 +218,95 @@ class BenchmarkRunner:
                             end = record["arrival_s"] + record["queue_wait_s"] + record["service_e2e_s"]
                             clock[(spec.label, job.repeat)] = max(clock.get((spec.label, job.repeat), 0.0), end)
                         history[spec.label] = messages + [{"role": "assistant", "content": record["text"]}]
+
+    def _loop_batched(self, specs, backends, jobs, done, monitor, total, todo) -> None:
+        """Batches of ``engine.batch_size`` requests in schedule order (arrival order in Poisson
+        mode), each decoded together by every method in turn; turn t of a batch's
+        conversations runs after turn t - 1 of all of them. One record per request, as in the
+        batch-1 loop, plus the batch's figures."""
+        tokenizer = self.models.target.tokenizer
+        chat = self.config.get("workload.chat_template")
+        poisson = self.config.get("load.mode") == "poisson"
+        size = batch_size(self.config)
+        clock: dict = {}
+        progress = _progress(self.console if self.show_progress else None, total, total - todo)
+        with progress:
+            for first in range(0, len(jobs), size):
+                batch = jobs[first:first + size]
+                history = {(s.label, i): [] for s in specs for i in range(len(batch))}
+                for turn_index in range(max(len(j.prompt.turns) for j in batch)):
+                    turn = turn_index + 1
+                    rows = [i for i, j in enumerate(batch) if turn_index < len(j.prompt.turns)]
+                    for spec in specs:
+                        keys = {i: R.record_key(spec.label, batch[i].prompt_id, turn, batch[i].repeat) for i in rows}
+                        todo_rows = [i for i in rows if keys[i] not in done]
+                        messages = {i: history[(spec.label, i)] + [{"role": "user", "content": batch[i].prompt.turns[turn_index]}]
+                                    for i in rows}
+                        if todo_rows:
+                            ids = [encode_turns(tokenizer, messages[i], chat) for i in todo_rows]
+                            lead = batch[todo_rows[0]]
+                            seed = request_seed(self.config.get("generation.seed"), lead.prompt_id, turn, lead.repeat)
+                            records = self._measure_batch(backends[spec.label], spec, ids, seed, monitor)
+                            arrivals = [batch[i].arrival_s if turn == 1 else None for i in todo_rows]
+                            self._queue_batch(records, spec.label, lead.repeat, arrivals, clock, poisson)
+                            batch_id = f"{spec.label}|{lead.prompt_id}|{turn}|{lead.repeat}"
+                            for i, record in zip(todo_rows, records):
+                                job = batch[i]
+                                record.update(key=keys[i], method=spec.label, backend=spec.backend, prompt_id=job.prompt_id,
+                                              category=job.prompt.category, turn=turn, repeat=job.repeat, batch_id=batch_id)
+                                record["finished_utc"] = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+                                self.results.append(record)
+                                done[keys[i]] = record
+                                progress.advance(f"{spec.label} {job.prompt_id}#{turn}")
+                        for i in rows:
+                            history[(spec.label, i)] = messages[i] + [{"role": "assistant", "content": done[keys[i]]["text"]}]
+
+    def _measure_batch(self, backend, spec, ids: list[list[int]], seed, monitor) -> list[dict]:
+        """Decode ``ids`` as one batch; one record per row (the batch's energy and memory on
+        every row, marked as the batch's)."""
+        device = self.models.device
+        gen = generation_config(self.config, spec, seed)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        energy_before = monitor.energy_j()
+        results = backend.generate_batch(ids, gen)
+        energy_after = monitor.energy_j()
+        energy = energy_after - energy_before if energy_before is not None and energy_after is not None else None
+        records = []
+        for result in results:
+            stats = dict(result.stats)
+            record = {**stats}
+            record["gamma"] = gen.gamma if spec.backend not in ("target", "hf_generate") else None
+            record["seed"] = seed
+            record["greedy"] = gen.sampling.greedy
+            record["service_ttft_s"] = stats.get("ttft_s")
+            record["service_e2e_s"] = stats.get("e2e_s")
+            record.setdefault("batch_size", len(ids))
+            record["batch_energy_j"] = energy
+            record["energy_j"] = None  # a batch's energy is not any one request's
+            record["peak_mem_bytes"] = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
+            record["text"] = result.text
+            record["token_ids"] = list(result.token_ids)
+            records.append(record)
+        return records
+
+    @staticmethod
+    def _queue_batch(records, method: str, repeat: int, arrivals, clock: dict, poisson: bool) -> None:
+        """Static batching on the single-server virtual clock: a batch starts when the server is
+        free and its last request has arrived; each request waits from its own arrival."""
+        if not poisson:
+            for record in records:
+                record.update(arrival_s=None, queue_wait_s=0.0)
+            return
+        slot = (method, repeat)
+        free_at = clock.get(slot, 0.0)
+        arrivals = [a if a is not None else free_at for a in arrivals]
+        start = max([free_at, *arrivals])
+        clock[slot] = start + max(r["batch_e2e_s"] if r.get("batch_e2e_s") is not None else r["service_e2e_s"] for r in records)
+        for record, arrival in zip(records, arrivals):
+            wait = start - arrival
+            record.update(arrival_s=arrival, queue_wait_s=wait, e2e_s=record["service_e2e_s"] + wait,
+                          ttft_s=record["service_ttft_s"] + wait if record.get("service_ttft_s") is not None else None)
 
     def _measure(self, backend, spec, ids, seed, monitor, device) -> dict:
         gen = generation_config(self.config, spec, seed)
