@@ -209,3 +209,18 @@ def test_missing_executable_and_port_in_use(tmp_path):
         port = busy.getsockname()[1]
         with pytest.raises(ServerError, match=f"port {port} on 127.0.0.1 is in use"):
             _process(tmp_path, HEALTHY, port).start()
+
+
+def test_cli_missing_server_is_one_line_and_exit_code_1(tmp_path, capsys):
+    from specdec.cli import main
+
+    (tmp_path / "t.gguf").write_bytes(b"GGUF")
+    (tmp_path / "p.jsonl").write_text('{"prompt": "hi"}\n')
+    config = tmp_path / "c.yaml"
+    config.write_text(f"model: {tmp_path}/t.gguf\nengine: {{backend: openai, launch: llama.cpp, executable: "
+                      f"{tmp_path}/no-llama-server}}\nworkload: {{benchmark: {tmp_path}/p.jsonl}}\n"
+                      "run: {methods: [target], monitor: false}\n")
+    code = main(["bench", "--config", str(config), "--output-dir", str(tmp_path / "run"), "--no-progress"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1
+    assert err[-1].startswith(f"specdec: error: llama.cpp: executable '{tmp_path}/no-llama-server' not found")

@@ -61,7 +61,7 @@ def stories_gguf(stories_path) -> Path:
 def _config(gguf: Path, benchmark: Path, **engine) -> dict:
     return {
         "model": str(gguf),
-        "generation": {"max_tokens": 16, "temperature": 0.0},
+        "generation": {"max_tokens": 16, "temperature": 0.0, "ignore_eos": True},
         "speculative": {"method": "model", "draft_model": str(gguf), "num_speculative_tokens": 4},
         "engine": {"backend": "openai", "launch": "llama.cpp", "max_model_len": 512, "max_num_seqs": 2,
                    "extra_args": ["-t", "1"], "startup_timeout_s": 120, "request_timeout_s": 120, **engine},
