@@ -82,6 +82,14 @@ class OpenAISession:
         return self.engine or "openai"
 
     def __enter__(self) -> "OpenAISession":
+        try:
+            self._start()
+        except BaseException:  # Ctrl-C or an error after the server started: stop it
+            self.__exit__()
+            raise
+        return self
+
+    def _start(self) -> None:
         if self.engine:
             port = self.config.get("engine.port") or free_port(self.config.get("engine.host"))
             settings = server_settings(self.config, self.spec.backend, self.spec.gamma, port)
@@ -95,7 +103,6 @@ class OpenAISession:
                 self.model_name = settings.model  # what they serve under without --served-model-name
         if not self.model_name:
             self.model_name = first_model(self.base_url, self.headers) or self.config.get("model")
-        return self
 
     def __exit__(self, *exc) -> bool:
         if self.process is not None:
