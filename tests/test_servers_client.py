@@ -270,3 +270,13 @@ def test_zero_drafts_with_a_draft_configured_is_an_error(tmp_path):
         with pytest.raises(ServerError, match=r"speculative@50: openai reported 0 drafts although a draft was configured"):
             BenchmarkRunner(_config(server.url, _workload(tmp_path)), tmp_path / "run", progress=False).run()
     assert (tmp_path / "run" / "responses.jsonl").read_text().count("\n") == 4  # what ran is kept
+
+
+def test_row_labels_keep_gamma_last():
+    from specdec.bench.servers.load import row_label
+    from specdec.bench.sweep import sweep_rows
+
+    assert row_label("speculative:gamma=2", 4.0) == "speculative@4:gamma=2"
+    assert row_label("target", 0.5) == "target@0.5" and row_label("ngram", None) == "ngram"
+    metrics = {"summary": {"methods": {"target@4": {}, "speculative@4:gamma=2": {}}}}
+    assert [r["gamma"] for r in sweep_rows(metrics)] == [2]  # `specdec report` reads gamma from the label

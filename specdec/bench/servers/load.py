@@ -43,9 +43,13 @@ def rates_of(config) -> list[float | None]:
     return list(rate) if isinstance(rate, list) else [rate]
 
 
-def rate_suffix(rate: float | None) -> str:
-    """The part of a result row's label that names its rate: ``@2`` is 2 requests/s."""
-    return "" if rate is None else f"@{rate:g}"
+def row_label(method: str, rate: float | None) -> str:
+    """The label of a result row: the method's name with ``@rate`` (requests/s) before its
+    options, ``speculative@2:gamma=4``, so that ``name:gamma=K`` labels keep ending in K."""
+    if rate is None:
+        return method
+    name, sep, options = method.partition(":")
+    return f"{name}@{rate:g}{sep}{options}"
 
 
 def arrival_offsets(mode: str, rate: float | None, count: int | None, duration: float | None,

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from ...errors import UsageError
 from .. import results as R
 from .launchers import ServerError
-from .load import Job, build_jobs, rate_suffix, rates_of
+from .load import Job, build_jobs, rates_of, row_label
 from .summary import add_batch, mark_zero_drafts, read_store
 
 
@@ -51,7 +51,7 @@ def plan_batches(config, specs, prompts) -> list[Batch]:
         for repeat in range(config.get("run.repeats")):
             for rate in rates:
                 jobs = build_jobs(prompts, mode, rate, repeat, count, duration, config.get("workload.seed"))
-                batches.append(Batch(spec, rate, repeat, spec.label + rate_suffix(rate), jobs))
+                batches.append(Batch(spec, rate, repeat, row_label(spec.label, rate), jobs))
     return batches
 
 

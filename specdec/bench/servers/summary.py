@@ -1,7 +1,8 @@
 """Aggregates of server runs: one row per (method, rate), open-loop figures, goodput, and the
 acceptance the server reported.
 
-Rows are labelled ``method@rate`` (``speculative@4``: 4 requests/s); each rate is summarized
+Rows are labelled ``method@rate`` (``speculative@4``: 4 requests/s; ``speculative@4:gamma=2``
+with a gamma override); each rate is summarized
 on its own with :func:`specdec.bench.metrics.summarize`, its baseline being ``target`` at the
 same rate, so a sweep shows where speculation stops paying as load grows. Failed requests are
 counted (``failed``) and left out of the latency and throughput figures; ``slo_attainment``
@@ -17,7 +18,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 from .. import results as R
-from .load import rate_suffix
+from .load import row_label
 from .records import usable
 from .server_metrics import SpecCounters, acceptance_from_counters, acceptance_from_responses
 
@@ -168,10 +169,9 @@ def server_summary(folder, records: list[dict], methods: list[str], resamples: i
     out = {"baseline": None, "methods": {}}
     for rate in sorted(by_rate, key=lambda x: (x is not None, x or 0.0)):
         group = by_rate[rate]
-        suffix = rate_suffix(rate)
-        order = [m + suffix for m in methods]
+        order = [row_label(m, rate) for m in methods]
         rows = order + sorted({r["method"] for r in group} - set(order))
-        baseline = "target" + suffix
+        baseline = row_label("target", rate)
         summary = summarize([r for r in group if usable(r)], rows, baseline, resamples)
         if summary.get("baseline") and out["baseline"] is None:
             out["baseline"] = summary["baseline"]
