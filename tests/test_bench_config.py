@@ -70,7 +70,7 @@ def test_config_hash_changes_with_what_is_measured():
     ("model: m\ngeneration: {max_tokenz: 3}\n", "unknown config key 'generation.max_tokenz'"),
     ("model: m\nbogus: 1\n", "unknown config key 'bogus'"),
     ("model: m\ngeneration: {max_tokens: lots}\n", "generation.max_tokens must be an integer"),
-    ("model: m\nload: {mode: burst}\n", "load.mode must be one of fixed, poisson"),
+    ("model: m\nload: {mode: bursty}\n", "load.mode must be one of fixed, poisson, constant, burst"),
     ("model: [unclosed\n", "not valid YAML"),
 ])
 def test_bad_config_files(tmp_path, text, fragment):
@@ -97,7 +97,7 @@ def test_cli_usage_errors_before_any_model_loads(tmp_path):
         main("bench", ["--benchmark", str(prompts), "--output-dir", str(tmp_path / "o")])
     with pytest.raises(UsageError, match="unknown method 'fast'"):
         main("bench", ["--model", "x", "--benchmark", str(prompts), "--output-dir", str(tmp_path / "o"), "--methods", "target,fast"])
-    with pytest.raises(UsageError, match="not implemented yet"):
+    with pytest.raises(UsageError, match="serving engines are not methods"):
         main("bench", ["--model", "x", "--benchmark", str(prompts), "--output-dir", str(tmp_path / "o"), "--methods", "vllm"])
     with pytest.raises(UsageError, match="needs a draft model"):
         main("bench", ["--model", "x", "--benchmark", str(prompts), "--output-dir", str(tmp_path / "o"), "--methods", "target,speculative"])

@@ -7,7 +7,9 @@ silently dropped). The harness never asks which backend it drives.
 Native (specdec's engine): ``target`` (autoregressive baseline), ``speculative`` (draft model),
 ``ngram`` (prompt lookup). Reference peers (transformers' own generate): ``hf_generate``,
 ``hf_assisted`` (``assistant_model=``), ``hf_prompt_lookup`` (``prompt_lookup_num_tokens=``).
-Serving engines (vLLM, OpenAI-compatible servers) are planned: see ``PLANNED``.
+Serving engines (``engine.backend: openai`` or ``vllm``): the same ``target`` / ``speculative``
+/ ``ngram`` methods name the engine without and with speculation; :class:`ServerBackend` stands
+for them here, and ``specdec.bench.servers`` runs them (docs/serving.md).
 
 A method is a backend plus overrides, written ``name`` or ``name:gamma=K`` (sweeps use that).
 """
@@ -23,6 +25,8 @@ from ..engine import Engine, GenerationConfig, GenerationResult
 from ..errors import UsageError
 from ..models import LoadedModel, check_same_tokenizer, eos_token_ids, load_model, special_token_ids
 from ..reference import hf_generate
+from .servers.checks import (check_native_load, check_server_config, is_server_backend, native_ignored_server_keys,
+                             server_ignored)
 
 
 class Backend(Protocol):
@@ -45,8 +49,10 @@ class MethodSpec:
     def parse(cls, text: str) -> "MethodSpec":
         name, _, options = text.partition(":")
         name = name.strip()
-        if name in PLANNED:
-            raise UsageError(f"method {name!r} is not implemented yet ({PLANNED[name]}); use one of {', '.join(BACKENDS)}")
+        if name in ("vllm", "openai", "sglang", "llama.cpp"):
+            raise UsageError(f"method {name!r}: serving engines are not methods; set engine.backend: openai with "
+                             f"engine.launch (vllm, sglang, llama.cpp) or engine.backend: vllm, and keep the methods "
+                             "target, speculative, ngram (docs/serving.md)")
         if name not in BACKENDS:
             raise UsageError(f"unknown method {name!r}: use one of {', '.join(BACKENDS)} (optionally name:gamma=K)")
         gamma = None
@@ -127,7 +133,7 @@ def _native_ignored(config, batches: bool = True) -> list[str]:
             ignored.append(f"{key}={config.get(key)} (the native engine runs on one device)")
     if not batches and batch_size(config) > 1:
         ignored.append(f"engine.batch_size={batch_size(config)} (transformers' generate runs the rows one at a time)")
-    return ignored
+    return ignored + native_ignored_server_keys(config)
 
 
 def batch_size(config) -> int:
@@ -248,14 +254,29 @@ BACKENDS: dict[str, BackendInfo] = {
     "hf_prompt_lookup": BackendInfo(HFBackend, True, False),
 }
 
-#: Serving engines with a place in the registry but no implementation yet.
-PLANNED = {
-    "vllm": "a vLLM backend is planned; it would map engine.tensor_parallel_size / gpu_memory_utilization",
-    "openai": "an OpenAI-compatible server backend is planned",
-}
+class ServerBackend:
+    """A method of a server run (``engine.backend`` openai / vllm). The engine runs in another
+    process (or in vLLM), driven by ``specdec.bench.servers.run`` with text and open-loop load,
+    so there is no per-token-id ``generate`` here; this object reports the ignored options."""
+
+    def __init__(self, spec: MethodSpec, config) -> None:
+        self.name = spec.backend
+        self.spec = spec
+        self.config = config
+
+    def prepare(self) -> None:
+        pass
+
+    def generate(self, prompt_ids, config: GenerationConfig) -> GenerationResult:
+        raise UsageError("server backends are driven by specdec.bench.servers (text in, streamed text out)")
+
+    def ignored_options(self, config) -> list[str]:
+        return server_ignored(config, self.spec)
 
 
 def make_backend(spec: MethodSpec, models: Models, config):
+    if is_server_backend(config):
+        return ServerBackend(spec, config)
     info = BACKENDS[spec.backend]
     return info.factory(spec.backend, models, config)
 
@@ -284,9 +305,10 @@ def check_methods(config) -> list[MethodSpec]:
     labels = [s.label for s in specs]
     if len(set(labels)) != len(labels):
         raise UsageError(f"a method is listed twice in {', '.join(labels)}")
-    backend = config.get("engine.backend")
-    if backend != "native":
-        raise UsageError(f"engine.backend {backend!r} is not implemented yet ({PLANNED[backend]}); use native")
+    if is_server_backend(config):
+        check_server_config(config, specs)
+        return specs
+    check_native_load(config)
     for spec in specs:
         needs = BACKENDS[spec.backend].needs_draft_model and not (
             spec.backend == "speculative" and config.get("speculative.method") == "ngram")

@@ -100,7 +100,7 @@ def _parser(command: str) -> argparse.ArgumentParser:
                    help="tokenize prompts as plain text even when the tokenizer has a chat template")
     p.add_argument("--max-turns", type=int)
     p.add_argument("--per-category", type=int, help="at most this many prompts of each category")
-    p.add_argument("--rate", type=float, help="Poisson arrivals, requests/s (switches to load.mode poisson)")
+    p.add_argument("--rate", help="arrivals, requests/s (switches to load.mode poisson); servers: a list 1,2,4 sweeps")
     p.add_argument("--duration", type=float, help="Poisson mode: seconds of arrivals")
     p.add_argument("--warmup", type=int)
     p.add_argument("--repeats", type=int)
@@ -114,6 +114,9 @@ def _parser(command: str) -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any config key, e.g. engine.batch_size=8")
     p.add_argument("--overwrite", action="store_true", help="replace results of a different config")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    if command == "bench":
+        p.add_argument("--dry-run", action="store_true", help="print the server command lines (or vllm.LLM arguments) "
+                                                              "each method would start, and exit")
     return p
 
 
@@ -185,6 +188,8 @@ def _bench(args, out: Console, err: Console) -> int:
         configs = [load_config(c, flags) for c in args.configs]  # validate every file before running any
         for config in configs:
             config.validate()
+        if args.dry_run:
+            return _dry_run(out, configs, names)
         runs = []
         for name, config in zip(names, configs):
             out.rule(f"[bold]{name}")
@@ -197,6 +202,8 @@ def _bench(args, out: Console, err: Console) -> int:
         return 0
     if args.output_base and not args.output_dir:
         raise UsageError("--output-base goes with --configs; for one config use --output-dir")
+    if args.dry_run:
+        return _dry_run(out, [load_config(args.config, flags)])
     if getattr(args, "batch_sizes", None):
         return _batch_sweep(args, flags, out, err)
     runner = BenchmarkRunner(load_config(args.config, flags), args.output_dir, args.overwrite,
@@ -231,6 +238,20 @@ def _batch_sweep(args, flags: dict, out: Console, err: Console) -> int:
     if note:
         out.print(note)
     R.write_json(Path(args.output_dir) / "batch_sweep.json", {"rows": rows})
+    return 0
+
+
+def _dry_run(out: Console, configs, names=None) -> int:
+    """``--dry-run`` (serving engines, issue #12): what each method would start; nothing runs."""
+    from .backends import check_methods
+    from .servers.checks import describe
+
+    for i, config in enumerate(configs):
+        config.validate()
+        if names:
+            out.rule(names[i])
+        for line in describe(config, check_methods(config)):
+            out.print(line, markup=False, highlight=False, soft_wrap=True)
     return 0
 
 

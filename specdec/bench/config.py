@@ -42,7 +42,7 @@ FIELDS: dict[str, tuple[Any, Any, str]] = {
     "speculative.confidence_threshold": (float, DEFAULT_CONFIDENCE_THRESHOLD, "adaptive schedule: stop drafting below this draft probability"),
     "speculative.draft_vocab": (int, DEFAULT_DRAFT_VOCAB, "draft scores only this many frequent ids (+ prompt's) when the vocabulary is over twice as large; 0 = all"),
     "engine.prepack": (bool, True, "CPU bf16/fp16: decode on oneDNN-prepacked weights where bit-identical"),
-    "engine.backend": (str, "native", "native (specdec + transformers); vllm / openai are planned"),
+    "engine.backend": (str, "native", "native (specdec + transformers), openai (a server: docs/serving.md) or vllm (vllm.LLM in this process)"),
     "engine.device": (str, "auto", "auto, cpu, cuda, cuda:N, mps"),
     "engine.dtype": (str, "auto", "auto, float32, bfloat16, float16"),
     "engine.tensor_parallel_size": (int, 1, "vLLM-style option; the native backends run on one device"),
@@ -59,9 +59,29 @@ FIELDS: dict[str, tuple[Any, Any, str]] = {
     "workload.chat_template": (bool, True, "apply the tokenizer's chat template when it has one"),
     "workload.max_turns": (int, None, "use at most this many turns of multi-turn prompts"),
     "workload.per_category": (int, None, "use at most this many prompts of each category"),
-    "load.mode": (str, "fixed", "fixed (each prompt once) or poisson (arrivals at load.rate for load.duration)"),
-    "load.rate": (float, None, "Poisson arrival rate, requests per second"),
+    "load.mode": (str, "fixed", "fixed (each prompt once), poisson (arrivals at load.rate for load.duration); servers also constant, burst"),
+    "load.rate": ("rates", None, "arrival rate, requests per second; servers take a list [1, 2, 4] (one row per rate)"),
     "load.duration": (float, None, "Poisson mode: seconds of arrivals"),
+    # --- serving engines (issue #12, docs/serving.md; read by specdec/bench/servers) -------------
+    "engine.launch": (str, None, "start this server per method: vllm, sglang or llama.cpp (engine.backend openai)"),
+    "engine.base_url": (str, None, "a running OpenAI-compatible server, e.g. http://127.0.0.1:8000 (engine.backend openai)"),
+    "engine.served_model_name": (str, None, "model name in requests; default: the server's first /v1/models entry"),
+    "engine.api_key_env": (str, None, "environment variable holding the server's API key (sent as Bearer)"),
+    "engine.api": (str, "auto", "auto (chat when workload.chat_template), chat or completions"),
+    "engine.host": (str, "127.0.0.1", "address launched servers listen on"),
+    "engine.port": (int, None, "port of launched servers (default: a free one)"),
+    "engine.executable": (str, None, "the server's executable (vllm, llama-server, or a Python with sglang)"),
+    "engine.extra_args": ("list", [], "more command-line arguments for launched servers (a YAML list)"),
+    "engine.max_model_len": (int, None, "context length of launched servers / vllm.LLM"),
+    "engine.max_num_seqs": (int, None, "requests a launched server runs at once (vLLM --max-num-seqs, llama.cpp -np)"),
+    "engine.spec_type": (str, None, "the engine's own drafting method name (vLLM method, SGLang algorithm, llama.cpp --spec-type)"),
+    "engine.metrics": (bool, True, "read the server's speculation counters on /metrics"),
+    "engine.startup_timeout_s": (float, 600.0, "seconds a launched server may take to answer its health check"),
+    "engine.request_timeout_s": (float, 600.0, "seconds one streamed request may take"),
+    "load.max_concurrency": (int, None, "servers: at most this many requests in flight (the rest wait on the client)"),
+    "load.slo_ttft_ms": (float, None, "servers: goodput counts requests with TTFT at most this (ms)"),
+    "load.slo_tpot_ms": (float, None, "servers: goodput counts requests with TPOT at most this (ms)"),
+    # --- end of serving-engine keys ------------------------------------------------------------
     "run.methods": ("list", None, "methods to run; default target + speculative (or ngram without a draft model)"),
     "run.warmup": (int, 1, "warm-up generations per method, excluded from figures"),
     "run.repeats": (int, 1, "measured repeats of every prompt"),
@@ -74,8 +94,10 @@ CHOICES = {
     "speculative.method": ("model", "ngram"),
     "speculative.draft_schedule": ("constant", "adaptive"),
     "speculative.ngram_match": ("earliest", "latest"),
-    "load.mode": ("fixed", "poisson"),
+    "load.mode": ("fixed", "poisson", "constant", "burst"),
     "engine.backend": ("native", "vllm", "openai"),
+    "engine.launch": ("vllm", "sglang", "llama.cpp"),
+    "engine.api": ("auto", "chat", "completions"),
 }
 
 #: Keys that do not change what is measured: a resumed run may change them freely.
@@ -128,7 +150,14 @@ def coerce(key: str, value, where: str):
     if value is None or (isinstance(value, str) and value.strip().lower() in ("none", "null") and kind is not str):
         return None
     try:
-        if kind == "list":
+        if kind == "rates":  # a rate or a list of rates (a sweep); one-element lists are one rate
+            items = value.split(",") if isinstance(value, str) else value
+            items = list(items) if isinstance(items, (list, tuple)) else [items]
+            if not items or any(isinstance(v, bool) for v in items):
+                raise ValueError
+            items = [float(v) for v in items]
+            value = items[0] if len(items) == 1 else items
+        elif kind == "list":
             if isinstance(value, str):
                 items = [v.strip() for v in value.split(",") if v.strip()]
             elif isinstance(value, (list, tuple)):
@@ -160,7 +189,8 @@ def coerce(key: str, value, where: str):
                 raise ValueError
             value = str(value)
     except (TypeError, ValueError):
-        expected = {"list": "a list (or comma-separated text)", bool: "true or false", int: "an integer",
+        expected = {"list": "a list (or comma-separated text)", "rates": "a number or a list of numbers",
+                    bool: "true or false", int: "an integer",
                     float: "a number", str: "text"}[kind]
         raise UsageError(f"{where}: {key} must be {expected}, got {value!r}") from None
     if key in CHOICES and value not in CHOICES[key]:
@@ -287,10 +317,11 @@ class BenchConfig:
             raise UsageError("generation.temperature must be >= 0 (0 = greedy)")
         if self.get("generation.top_p") is not None and not 0 < self.get("generation.top_p") <= 1:
             raise UsageError("generation.top_p must be in (0, 1]")
-        if self.get("load.mode") == "poisson":
+        if self.get("load.mode") in ("poisson", "constant"):
             rate = self.get("load.rate")
-            if rate is None or rate <= 0:
-                raise UsageError("load.mode poisson needs load.rate > 0 (requests/s): --rate, AUTO_RATE or load: {rate: ...}")
+            if rate is None or any(r <= 0 for r in (rate if isinstance(rate, list) else [rate])):
+                raise UsageError(f"load.mode {self.get('load.mode')} needs load.rate > 0 (requests/s, or a list of them): "
+                                 "--rate, AUTO_RATE or load: {rate: ...}")
             duration = self.get("load.duration")
             if duration is not None and duration <= 0:
                 raise UsageError("load.duration must be > 0 seconds")

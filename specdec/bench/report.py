@@ -5,11 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from ..errors import UsageError
 from ..formatting import fmt
 from . import results as R
+from .servers.summary import load_notes, load_table
 
 
 def ms(value) -> str:
@@ -83,8 +85,13 @@ def notes(metrics: dict) -> list[str]:
 def print_summary(console: Console, metrics: dict, title: str = "") -> None:
     for table in summary_tables(metrics, title):
         console.print(table)
+    load = load_table(metrics)  # serving engines (issue #12): open-loop figures per (method, rate)
+    if load is not None:
+        console.print(load)
     for line in notes(metrics):
         console.print(f"[dim]{line}[/dim]")
+    for line in load_notes(metrics):
+        console.print(f"[dim]{escape(line)}[/dim]")
 
 
 def rerender(folder: str | Path) -> dict:

@@ -24,6 +24,8 @@ from .config import BenchConfig, load_config
 from .manifest import manifest
 from .metrics import summarize
 from .monitor import Monitor
+from .servers import is_server_backend
+from .servers.summary import is_server_run as is_server_records, server_summary
 from .workloads import Prompt, encode_turns, load_workload, poisson_arrivals
 
 
@@ -107,6 +109,10 @@ class BenchmarkRunner:
         On Ctrl-C the finished requests are kept, the aggregates are written, and
         KeyboardInterrupt propagates; running again resumes.
         """
+        if is_server_backend(self.config):  # serving engines (issue #12): open-loop load on a server
+            from .servers.run import run_server_benchmark
+
+            return run_server_benchmark(self)
         specs, prompts = self.check()
         found = self.results.prepare(self.config, self.overwrite)
         if found:
@@ -369,7 +375,10 @@ def write_outputs(results: R.ResultsDir, config: dict, config_hash: str, methods
                   ignored: dict, resamples: int = 2000, load_mode: str = "fixed") -> dict:
     """Every derived file of a run, from its responses.jsonl alone (used by run and report)."""
     records = results.load_records()
-    summary = summarize(records, methods, "target", resamples)
+    if is_server_records(records):  # serving engines (issue #12): one row per (method, rate)
+        summary = server_summary(results.path, records, methods, resamples, config)
+    else:
+        summary = summarize(records, methods, "target", resamples)
     last = sessions[-1] if sessions else {}
     monitor = last.get("monitor")
     if monitor and monitor.get("kind") == "cpu":
