@@ -38,7 +38,7 @@ class SubsetHead(torch.nn.Module):
     static_ids: sorted LongTensor of the ids scored in every generation.
     """
 
-    def __init__(self, weight: torch.Tensor, static_ids: torch.Tensor) -> None:
+    def __init__(self, weight: torch.Tensor, static_ids: torch.Tensor, prepack: bool = True) -> None:
         super().__init__()
         self.weight = weight
         self.vocab_size = weight.shape[0]
@@ -46,7 +46,7 @@ class SubsetHead(torch.nn.Module):
         self._static_set = set(static_ids.tolist())
         static = torch.nn.Linear(weight.shape[1], len(static_ids), bias=False, dtype=weight.dtype)
         static.weight = torch.nn.Parameter(weight.detach()[static_ids].contiguous(), requires_grad=False)
-        self.static = fast_linear(static)
+        self.static = fast_linear(static) if prepack else static
         self.extra_ids = static_ids.new_empty(0)
         self.extra_weight: torch.Tensor | None = None
 
@@ -69,7 +69,7 @@ class SubsetHead(torch.nn.Module):
         return logits
 
 
-def with_subset_head(model: torch.nn.Module, size: int, keep_ids=()) -> tuple[torch.nn.Module, SubsetHead] | None:
+def with_subset_head(model: torch.nn.Module, size: int, keep_ids=(), prepack: bool = True) -> tuple[torch.nn.Module, SubsetHead] | None:
     """A shallow copy of ``model`` whose LM head is a :class:`SubsetHead` over the ``size``
     lowest ids plus ``keep_ids``; None when the vocabulary is not larger than twice ``size``
     (the saving would not pay for the lost acceptance) or the model's head is not a plain
@@ -83,7 +83,7 @@ def with_subset_head(model: torch.nn.Module, size: int, keep_ids=()) -> tuple[to
         return None
     ids = set(range(size)) | {int(i) for i in keep_ids if 0 <= int(i) < weight.shape[0]}
     static_ids = torch.tensor(sorted(ids), dtype=torch.long, device=weight.device)
-    subset = SubsetHead(weight, static_ids)
+    subset = SubsetHead(weight, static_ids, prepack)
     clone = copy.copy(model)
     clone._modules = dict(model._modules)
     setattr(clone, name, subset)

@@ -21,6 +21,7 @@ import torch
 from .draft_head import DEFAULT_DRAFT_VOCAB, with_subset_head
 from .prepack import decode_model
 from .runners import ForwardClock, ModelRunner
+from .placement import input_device
 from .runners.transfer import to_device
 from .sampling import SamplingParams, probabilities, sample_unnormalized
 
@@ -183,7 +184,7 @@ class ModelDraft(Drafter):
         # (see specdec.draft_head); None when the vocabulary is small or draft_vocab is off.
         self.subset_head = None
         if draft_vocab:
-            subset = with_subset_head(self.decode_model, draft_vocab, keep_ids)
+            subset = with_subset_head(self.decode_model, draft_vocab, keep_ids, prepack=prepack)
             if subset is not None:
                 self.decode_model, self.subset_head = subset
         self.target_vocab_size = target_vocab_size
@@ -195,7 +196,10 @@ class ModelDraft(Drafter):
         self.extra_slots = 0
 
     def reset(self, device: torch.device, batch_size: int = 1, extra_slots: int = 0) -> None:
-        super().reset(device, batch_size, extra_slots)
+        # The draft runs where its own weights are (another GPU under a 'separate' placement);
+        # the engine moves its proposals to the target's device.
+        super().reset(input_device(self.decode_model), batch_size, extra_slots)
+        self._generator = None
         if self.runner is None or self.runner.device != self.device:
             on_cuda = self.device.type == "cuda"
             cache = ("static" if on_cuda else "dynamic") if self.cache_kind == "auto" else self.cache_kind
@@ -266,8 +270,19 @@ class ModelDraft(Drafter):
         feed = to_device(tokens, torch.long, self.device)
         return self.runner.forward(feed, None if all(all(r) for r in layout) else layout)[:, -1]
 
+    def _own_generator(self, generator: torch.Generator) -> torch.Generator:
+        """The generation's generator, or (draft on another device) one on the draft's device
+        seeded from it once per generation."""
+        if generator.device == self.device or (generator.device.type == self.device.type == "cpu"):
+            return generator
+        if self._generator is None:
+            self._generator = torch.Generator(device=self.device)
+            self._generator.manual_seed(generator.initial_seed())
+        return self._generator
+
     def propose(self, contexts, budgets, sampling, generator) -> Proposal:
         assert self.runner is not None and self.timer is not None, "reset() must be called first"
+        generator = self._own_generator(generator)
         batch = len(contexts)
         width = max(budgets)
         logits = self._first_logits(contexts)

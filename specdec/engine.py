@@ -256,8 +256,10 @@ class Engine:
         width = max(lengths_host) if proposal is not None else 0
         if width == 0:
             proposal = None
-        drafts = proposal.tokens[:, :width] if proposal is not None else last.new_zeros((len(in_batch), 0))
-        draft_lengths = proposal.lengths.clamp(max=width) if proposal is not None else last.new_zeros(len(in_batch))
+        # .to(): a draft on another GPU proposes there (a no-op on the same device).
+        drafts = proposal.tokens[:, :width].to(self.device) if proposal is not None else last.new_zeros((len(in_batch), 0))
+        draft_lengths = (proposal.lengths.clamp(max=width).to(self.device) if proposal is not None
+                         else last.new_zeros(len(in_batch)))
         feed = torch.cat([last.unsqueeze(1), drafts], dim=1)
         layout = [[on] + [on and j < n for j in range(width)] for on, n in zip(live, lengths_host)]
         if all(all(slots) for slots in layout):
@@ -267,7 +269,7 @@ class Engine:
         accepted, next_token = self._verify(drafts, draft_lengths, proposal, width, logits, sampling, generator)
         # The one host sync of the step: decisions, next tokens, drafts and their lengths.
         decided = torch.cat([accepted.unsqueeze(1), next_token.unsqueeze(1), draft_lengths.unsqueeze(1),
-                             raw.tokens if raw is not None else drafts], dim=1).tolist()
+                             raw.tokens.to(self.device) if raw is not None else drafts], dim=1).tolist()
         now = time.perf_counter()
         keep, drafts_host = [], []
         for index, (r, on) in enumerate(zip(in_batch, live)):

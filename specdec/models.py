@@ -72,11 +72,12 @@ def cpu_has_native_bf16() -> bool:
     return has_native_bf16()
 
 
-def load_model(source, device: torch.device, dtype="auto", tokenizer=None, log=None) -> LoadedModel:
+def load_model(source, device: torch.device, dtype="auto", tokenizer=None, log=None, **placement) -> LoadedModel:
     """Load ``source`` (hub id, local folder, ``.gguf`` file, or a transformers model object).
 
     A model object is used as it is (moved to ``device`` only if it is elsewhere); pass its
-    ``tokenizer``. Errors the user can fix (missing path, offline hub, bad dtype) raise
+    ``tokenizer``. ``placement``: accelerate's ``device_map`` / ``max_memory`` for a model
+    spread over several GPUs (see :mod:`specdec.placement`); the model then stays where they put it. Errors the user can fix (missing path, offline hub, bad dtype) raise
     :class:`UsageError` with one line naming the fix.
     """
     log = log or (lambda message: None)
@@ -98,17 +99,17 @@ def load_model(source, device: torch.device, dtype="auto", tokenizer=None, log=N
         if not path.is_file():
             raise UsageError(f"no such GGUF file: {text}")
         log(f"loading {path.name}: transformers dequantizes GGUF weights to {_dtype_name(torch_dtype)}, this takes a while ...")
-        model, tok = _from_pretrained(str(path.parent), torch_dtype, tokenizer, gguf_file=path.name)
+        model, tok = _from_pretrained(str(path.parent), torch_dtype, tokenizer, gguf_file=path.name, **placement)
         note = f"dequantized GGUF {path.name} to {_dtype_name(torch_dtype)} in {time.perf_counter() - started:.1f} s"
     elif path.is_dir():
         if not (path / "config.json").is_file():
             raise UsageError(f"{text} is a folder but has no config.json: point at a Hugging Face model folder")
-        model, tok = _from_pretrained(str(path), torch_dtype, tokenizer)
+        model, tok = _from_pretrained(str(path), torch_dtype, tokenizer, **placement)
     elif _looks_like_path(text):
         raise UsageError(f"no such model folder or file: {text}")
     else:
         model, tok = _from_hub(text, torch_dtype, tokenizer)
-    model = model.to(device).eval()
+    model = (model if placement.get("device_map") else model.to(device)).eval()
     seconds = time.perf_counter() - started
     if note:
         log(note)
@@ -143,7 +144,8 @@ def _from_pretrained(location: str, dtype: torch.dtype, tokenizer, **kwargs):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     with quiet_transformers():
-        tok = tokenizer if tokenizer is not None else AutoTokenizer.from_pretrained(location, **kwargs)
+        tokenizer_kwargs = {k: v for k, v in kwargs.items() if k == "gguf_file"}
+        tok = tokenizer if tokenizer is not None else AutoTokenizer.from_pretrained(location, **tokenizer_kwargs)
         model = AutoModelForCausalLM.from_pretrained(location, dtype=dtype, **kwargs)
     return model, tok
 

@@ -23,6 +23,7 @@ from ..devices import resolve_device
 from ..drafters import DraftLengthPolicy, ModelDraft, NgramDraft
 from ..engine import Engine, GenerationConfig, GenerationResult
 from ..errors import UsageError
+from ..placement import input_device, layer_record, plan_placement
 from ..models import LoadedModel, check_same_tokenizer, eos_token_ids, load_model, special_token_ids
 from ..reference import hf_generate
 from .servers.checks import (check_native_load, check_server_config, is_server_backend, native_ignored_server_keys,
@@ -73,6 +74,8 @@ class Models:
         self.config = config
         self.log = log or (lambda message: None)
         self.device = resolve_device(config.get("engine.device"))
+        self.placement = plan_placement(config.get("engine.gpu_strategy"), self.device,
+                                        config.get("engine.target_gpu_ratio"), config.get("engine.drafter_gpu_ratio"))
         self.dtype_name = config.get("engine.dtype")
         self._target: LoadedModel | None = None
         self._draft: LoadedModel | None = None
@@ -81,7 +84,10 @@ class Models:
     @property
     def target(self) -> LoadedModel:
         if self._target is None:
-            self._target = load_model(self.config.get("model"), self.device, self.dtype_name, log=self.log)
+            where = self.placement.target
+            self._target = load_model(self.config.get("model"), where.device, self.dtype_name, log=self.log,
+                                      **where.load_kwargs())
+            self.device = input_device(self._target.model)  # where the engine's inputs go
         return self._target
 
     @property
@@ -94,7 +100,8 @@ class Models:
             if source == self.config.get("model"):
                 self._draft = self.target  # same weights: share them
             else:
-                self._draft = load_model(source, self.device, self.dtype_name, log=self.log)
+                where = self.placement.draft
+                self._draft = load_model(source, where.device, self.dtype_name, log=self.log, **where.load_kwargs())
                 check_same_tokenizer(self.target.tokenizer, self._draft.tokenizer, self.target.source, self._draft.source)
         return self._draft
 
@@ -104,6 +111,15 @@ class Models:
             t = self.target
             self._engine = Engine(t.model, t.tokenizer, self.device, self.eos_ids, prepack=self.config.get("engine.prepack"))
         return self._engine
+
+    def placement_record(self) -> dict:
+        """Where each loaded model's layers went (for the run's record)."""
+        record = {"strategy": self.placement.description}
+        if self._target is not None:
+            record["target"] = layer_record(self._target.model)
+        if self._draft is not None and self._draft is not self._target:
+            record["draft"] = layer_record(self._draft.model)
+        return record
 
     @property
     def eos_ids(self) -> set[int]:

@@ -72,8 +72,10 @@ def _parser(command: str) -> argparse.ArgumentParser:
         p.add_argument("--output-base", help="parent folder for --configs runs")
     p.add_argument("--output-dir", help="results folder (resumed when it holds the same config)")
     p.add_argument("--benchmark", help="prompts: JSONL, question.jsonl, ShareGPT JSON/JSONL/folder, or text")
-    p.add_argument("--model", help="target model (hub id, folder, .gguf)")
-    p.add_argument("--draft-model", help="draft model sharing the target's tokenizer")
+    p.add_argument("--model", "--target-model", dest="model",
+                   help="target model (hub id, folder, .gguf); overrides TARGET_MODEL and the config's model")
+    p.add_argument("--draft-model", "--drafter-model", dest="draft_model",
+                   help="draft model sharing the target's tokenizer; overrides DRAFTER_MODEL and speculative.draft_model")
     p.add_argument("--speculative-method", choices=("model", "ngram"), help="what 'speculative' drafts with")
     if command == "bench":
         p.add_argument("--methods", help="comma list: target,speculative,ngram,hf_generate,hf_assisted,hf_prompt_lookup "
@@ -206,12 +208,23 @@ def _bench(args, out: Console, err: Console) -> int:
         return _dry_run(out, [load_config(args.config, flags)])
     if getattr(args, "batch_sizes", None):
         return _batch_sweep(args, flags, out, err)
-    runner = BenchmarkRunner(load_config(args.config, flags), args.output_dir, args.overwrite,
-                             console=None if args.no_progress else err)
+    config = load_config(args.config, flags)
+    output_dir = args.output_dir or default_output_dir(config)
+    if not args.output_dir:
+        err.print(f"no --output-dir: results go to {output_dir} (pass that folder as --output-dir to resume)")
+    runner = BenchmarkRunner(config, output_dir, args.overwrite, console=None if args.no_progress else err)
     metrics = runner.run()
     print_summary(out, metrics)
     out.print(f"[dim]results in {runner.results.path}[/dim]")
     return 0
+
+
+def default_output_dir(config, now=None) -> Path:
+    """``results/<UTC timestamp>-<config hash>/`` (S4's layout) for a run given no folder."""
+    from datetime import datetime, timezone
+
+    stamp = (now or datetime.now(timezone.utc)).strftime("%Y%m%dT%H%M%SZ")
+    return Path("results") / f"{stamp}-{config.hash()[:8]}"
 
 
 def _batch_sweep(args, flags: dict, out: Console, err: Console) -> int:

@@ -47,9 +47,12 @@ FIELDS: dict[str, tuple[Any, Any, str]] = {
     "engine.dtype": (str, "auto", "auto, float32, bfloat16, float16"),
     "engine.tensor_parallel_size": (int, 1, "vLLM-style option; the native backends run on one device"),
     "engine.gpu_memory_utilization": (float, None, "vLLM-style option; ignored by the native backends"),
-    "engine.enable_batch": (bool, False, "batched serving; the native backends serve one request at a time"),
-    "engine.batch_size": (int, 1, "batch size; the native backends serve one request at a time"),
-    "engine.max_batch_length": (int, None, "max tokens in a batch; ignored by the native backends"),
+    "engine.enable_batch": (bool, False, "ENABLE_BATCH: set false to force batch size 1 whatever BATCH_SIZE says"),
+    "engine.batch_size": (int, 1, "rows decoded together (BATCH_SIZE); --batch-sizes 1,4,16 sweeps it"),
+    "engine.max_batch_length": (int, None, "MAX_BATCH_LENGTH: prompt + new tokens per row; longer prompts are left out (named)"),
+    "engine.gpu_strategy": (str, "same", "same, separate, multi_gpu_ratio or auto: where target and draft go (specdec.placement)"),
+    "engine.target_gpu_ratio": (int, 1, "multi_gpu_ratio: GPUs the target's layers spread over (the first ones)"),
+    "engine.drafter_gpu_ratio": (int, 1, "multi_gpu_ratio: GPUs the draft's layers spread over (the next ones)"),
     "workload.benchmark": (str, None, "prompt file or folder (JSONL, question.jsonl, ShareGPT, text)"),
     "workload.sharegpt_dir": (str, None, "folder with ShareGPT files (used when no benchmark is given)"),
     "workload.num_prompts": (int, None, "use at most this many prompts (after filter and shuffle)"),
@@ -91,6 +94,7 @@ FIELDS: dict[str, tuple[Any, Any, str]] = {
 }
 
 CHOICES = {
+    "engine.gpu_strategy": ("same", "separate", "multi_gpu_ratio", "auto"),
     "speculative.method": ("model", "ngram"),
     "speculative.draft_schedule": ("constant", "adaptive"),
     "speculative.ngram_match": ("earliest", "latest"),
@@ -114,6 +118,9 @@ ENV_VARS = {
     "ENABLE_BATCH": "engine.enable_batch",
     "BATCH_SIZE": "engine.batch_size",
     "MAX_BATCH_LENGTH": "engine.max_batch_length",
+    "GPU_STRATEGY": "engine.gpu_strategy",
+    "TARGET_GPU_RATIO": "engine.target_gpu_ratio",
+    "DRAFTER_GPU_RATIO": "engine.drafter_gpu_ratio",
     "GENERATION_LENGTH": "generation.max_tokens",
     "GAMMA_VALUE": "speculative.num_speculative_tokens",
     "ENABLE_GPU_MONITOR": "run.monitor",

@@ -17,7 +17,9 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 import torch
 
+from ..devices import resolve_device
 from ..errors import UsageError
+from ..placement import plan_placement
 from . import results as R
 from .backends import Models, batch_size, check_methods, generation_config, make_backend
 from .config import BenchConfig, load_config
@@ -100,6 +102,9 @@ class BenchmarkRunner:
         """Everything that can fail without a model: config, methods, prompts."""
         self.config.validate()
         specs = check_methods(self.config)
+        # An impossible GPU placement is a usage error before anything loads.
+        plan_placement(self.config.get("engine.gpu_strategy"), resolve_device(self.config.get("engine.device")),
+                       self.config.get("engine.target_gpu_ratio"), self.config.get("engine.drafter_gpu_ratio"))
         prompts = load_workload(self.config)
         return specs, prompts
 
@@ -366,7 +371,8 @@ class BenchmarkRunner:
         previous = self.results.read(R.METRICS) or {}
         sessions = list(previous.get("sessions", []))
         if session is not None:
-            sessions.append({"manifest": manifest(device, dtype), "monitor": session})
+            sessions.append({"manifest": manifest(device, dtype), "monitor": session,
+                             "placement": self.models.placement_record() if hasattr(self, "models") else None})
         return write_outputs(self.results, self.config.to_dict(), self.config.hash(), labels, sessions, ignored,
                              self.config.get("run.bootstrap"), self.config.get("load.mode"))
 
