@@ -26,7 +26,7 @@ import torch
 
 from .devices import synchronize
 from .drafters import Drafter, Proposal
-from .errors import UsageError
+from .errors import ContextOverflow, UsageError
 from .prepack import decode_model
 from .runners import ForwardClock, ModelRunner
 from .sampling import SamplingParams, make_generator, probabilities, sample_unnormalized
@@ -147,7 +147,7 @@ class Engine:
         if prompt_length == 0:
             raise UsageError("the prompt is empty: give at least one token of text")
         if self.context_limit and prompt_length + max_new_tokens > self.context_limit:
-            raise UsageError(
+            raise ContextOverflow(
                 f"the prompt has {prompt_length} tokens and {max_new_tokens} new tokens were asked for, "
                 f"more than the model's context of {self.context_limit}; shorten the prompt or lower max_new_tokens"
             )

@@ -15,3 +15,8 @@ class UsageError(SpecdecError):
     """Bad input: flags, files, model names. Exit code 2."""
 
     exit_code = 2
+
+
+class ContextOverflow(UsageError):
+    """A prompt that, with the new tokens asked for, does not fit the model's context. The
+    harness records such a request as skipped (with this message) and goes on."""

@@ -115,6 +115,9 @@ def _parser(command: str) -> argparse.ArgumentParser:
                        "OUTPUT_DIR/batch-N and a table of the speedup at each")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any config key, e.g. engine.batch_size=8")
     p.add_argument("--overwrite", action="store_true", help="replace results of a different config")
+    if command == "bench":
+        p.add_argument("--resume", action="store_true",
+                       help="continue the run in --output-dir with the config saved there (config.yaml)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     if command == "bench":
         p.add_argument("--dry-run", action="store_true", help="print the server command lines (or vllm.LLM arguments) "
@@ -208,7 +211,15 @@ def _bench(args, out: Console, err: Console) -> int:
         return _dry_run(out, [load_config(args.config, flags)])
     if getattr(args, "batch_sizes", None):
         return _batch_sweep(args, flags, out, err)
-    config = load_config(args.config, flags)
+    if getattr(args, "resume", False):
+        if not args.output_dir:
+            raise UsageError("--resume needs --output-dir DIR: the folder of the run to continue")
+        stored = R.ResultsDir(args.output_dir).stored_config()
+        if stored is None:
+            raise UsageError(f"--resume: {args.output_dir} holds no {R.CONFIG}; start the run with --config instead")
+        config = load_config(base=stored, environ={})
+    else:
+        config = load_config(args.config, flags)
     output_dir = args.output_dir or default_output_dir(config)
     if not args.output_dir:
         err.print(f"no --output-dir: results go to {output_dir} (pass that folder as --output-dir to resume)")

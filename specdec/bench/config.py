@@ -340,7 +340,12 @@ class BenchConfig:
 
     def hash(self) -> str:
         """A digest of everything that changes what is measured (see HASH_EXEMPT)."""
-        flat = {key: _get(self.values, key) for key in FIELDS if key not in HASH_EXEMPT}
+        exempt = set(HASH_EXEMPT)
+        if self.get("load.mode") != "fixed":
+            # Under load the arrival schedule cycles over the prompts: another prompt count is
+            # another schedule, not an extension of this one.
+            exempt.discard("workload.num_prompts")
+        flat = {key: _get(self.values, key) for key in FIELDS if key not in exempt}
         flat["run.methods"] = self.methods
         blob = json.dumps(flat, sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]

@@ -276,7 +276,11 @@ def paired_speedup(baseline, method, resamples: int = 2000, seed: int = 0) -> di
 def summarize(records, methods: list[str], baseline: str = "target", resamples: int = 2000, seed: int = 0) -> dict:
     """Per-method summaries plus paired comparisons against ``baseline`` (when it ran)."""
     by_method: dict = defaultdict(list)
+    skipped: dict = defaultdict(Counter)
     for r in records:
+        if r.get("skipped"):  # not run (did not fit the context): counted, never measured
+            skipped[r["method"]][r["skipped"]] += 1
+            continue
         by_method[r["method"]].append(r)
     ordered = [m for m in methods if m in by_method] + sorted(m for m in by_method if m not in methods)
     out = {"baseline": baseline if baseline in by_method else None, "methods": {}}
@@ -298,6 +302,8 @@ def summarize(records, methods: list[str], baseline: str = "target", resamples: 
             category: {"requests": len(rs), "tokens_per_s": _ratio(_sum(rs, "new_tokens"), _sum(rs, "service_e2e_s"))}
             for category, rs in sorted(_group(by_method[label], "category").items())
         }
+        summary["skipped"] = sum(skipped[label].values())
+        summary["skipped_reasons"] = dict(skipped[label])
         out["methods"][label] = summary
     return out
 

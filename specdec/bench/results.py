@@ -70,16 +70,18 @@ class ResultsDir:
         config = self.file(CONFIG)
         return yaml.safe_load(config.read_text(encoding="utf-8")) if config.is_file() else None
 
-    def prepare(self, config, overwrite: bool = False) -> int:
+    def prepare(self, config, overwrite: bool = False, note=None) -> int:
         """Create the folder, or check that it holds a run of the same config (resume).
 
         Returns the number of finished records found. A different config is a UsageError
-        unless ``overwrite``, which deletes the earlier results first.
+        unless ``overwrite`` (which deletes the earlier results first) or the folder holds no
+        finished request (a run that failed before its first record: reused, and ``note``
+        says so).
         """
         if self.path.exists() and not self.path.is_dir():
             raise UsageError(f"--output-dir {self.path} exists and is not a folder")
         self.path.mkdir(parents=True, exist_ok=True)
-        has_results = self.responses.is_file() and self.responses.stat().st_size > 0
+        has_results = bool(self.load_records(repair=False)) if self.responses.is_file() else False
         stored = self.stored_hash()
         if overwrite:
             self.clear()
@@ -87,11 +89,37 @@ class ResultsDir:
             raise UsageError(f"{self.path} holds {RESPONSES} but no {CONFIG}: cannot tell which config made it; "
                              "pass --overwrite to start afresh or pick another --output-dir")
         elif stored is not None and stored != config.hash():
-            changed = _changed_keys(self.stored_config() or {}, config.to_dict())
-            raise UsageError(f"{self.path} holds results of a different config (changed: {', '.join(changed) or 'methods'}); "
-                             "pass --overwrite to replace them or pick another --output-dir")
+            if has_results:
+                changed = _changed_keys(self.stored_config() or {}, config.to_dict())
+                raise UsageError(f"{self.path} holds results of a different config (changed: {', '.join(changed) or 'methods'}); "
+                                 "pass --resume to continue it with its own config, --overwrite to replace it, "
+                                 "or pick another --output-dir")
+            if note is not None:
+                note(f"reusing {self.path}: its {CONFIG} is from a run that finished no request")
         self.file(CONFIG).write_text(f"{HASH_PREFIX}{config.hash()}\n" + config.to_yaml(), encoding="utf-8")
         return len(self.load_records(repair=True))
+
+    def lock(self):
+        """Take the folder for this process (a maintained file lock), or raise a UsageError
+        naming the process that holds it. Returns the lock; release it when the run ends."""
+        import socket
+        import sys
+        from datetime import datetime, timezone
+
+        from filelock import FileLock, Timeout
+
+        self.path.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(str(self.file(".lock")))
+        owner = self.file(".lock.owner")
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            holder = owner.read_text(encoding="utf-8").strip() if owner.is_file() else "another process"
+            raise UsageError(f"{self.path} is in use by {holder}: wait for that run to end or pick another "
+                             "--output-dir") from None
+        owner.write_text(f"pid {os.getpid()} on {socket.gethostname()} ({' '.join(sys.argv[:3])}), since "
+                         f"{datetime.now(timezone.utc).isoformat(timespec='seconds')}\n", encoding="utf-8")
+        return lock
 
     def clear(self) -> None:
         for name in (RESPONSES, CONFIG, *DERIVED):

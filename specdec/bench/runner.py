@@ -18,7 +18,7 @@ from datetime import datetime, timezone
 import torch
 
 from ..devices import resolve_device
-from ..errors import UsageError
+from ..errors import ContextOverflow, UsageError
 from ..placement import plan_placement
 from . import results as R
 from .backends import Models, batch_size, check_methods, generation_config, make_backend
@@ -29,6 +29,14 @@ from .monitor import Monitor
 from .servers import is_server_backend
 from .servers.summary import is_server_run as is_server_records, server_summary
 from .workloads import Prompt, encode_turns, load_workload, poisson_arrivals
+
+
+def skipped_record(reason: str, prompt_tokens: int) -> dict:
+    """The record of a request that was not run (it does not fit the context, or an earlier turn
+    of its conversation did not): kept in responses.jsonl so a resume does not retry it, counted
+    by the summary, left out of every figure."""
+    return {"skipped": reason, "prompt_tokens": prompt_tokens, "text": "", "token_ids": [],
+            "finished_utc": datetime.now(timezone.utc).isoformat(timespec="milliseconds")}
 
 
 @dataclass
@@ -114,12 +122,19 @@ class BenchmarkRunner:
         On Ctrl-C the finished requests are kept, the aggregates are written, and
         KeyboardInterrupt propagates; running again resumes.
         """
-        if is_server_backend(self.config):  # serving engines (issue #12): open-loop load on a server
-            from .servers.run import run_server_benchmark
+        # One run per folder at a time: a second is refused, naming the process that holds it.
+        self._lock = self.results.lock()
+        try:
+            if is_server_backend(self.config):  # serving engines (issue #12): open-loop load on a server
+                from .servers.run import run_server_benchmark
 
-            return run_server_benchmark(self)
-        specs, prompts = self.check()
-        found = self.results.prepare(self.config, self.overwrite)
+                return run_server_benchmark(self)
+            return self._run(*self.check())
+        finally:
+            self._lock.release()
+
+    def _run(self, specs, prompts) -> dict:
+        found = self.results.prepare(self.config, self.overwrite, note=self._print)
         if found:
             self._print(f"resuming {self.results.path}: {found} finished request(s) kept")
         done = {r["key"]: r for r in self.results.load_records()}
@@ -217,18 +232,26 @@ class BenchmarkRunner:
                         if record is None:
                             ids = encode_turns(tokenizer, messages, chat)
                             seed = request_seed(self.config.get("generation.seed"), job.prompt_id, turn, job.repeat)
-                            record = self._measure(backends[spec.label], spec, ids, seed, monitor, device)
+                            try:
+                                if any(h.get("role") == "skipped" for h in history[spec.label]):
+                                    raise ContextOverflow("an earlier turn of this conversation was skipped")
+                                record = self._measure(backends[spec.label], spec, ids, seed, monitor, device)
+                            except ContextOverflow as error:
+                                # Recorded, not fatal: a resume skips it too instead of failing again.
+                                record = skipped_record(str(error), len(ids))
                             record.update(key=key, method=spec.label, backend=spec.backend, prompt_id=job.prompt_id,
-                                          category=job.prompt.category, turn=turn, repeat=job.repeat)
-                            self._queue(record, job, turn, clock, poisson)
+                                          category=job.prompt.category, turn=turn, repeat=job.repeat, prompt=user_text)
+                            if not record.get("skipped"):
+                                self._queue(record, job, turn, clock, poisson)
                             record["finished_utc"] = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
                             self.results.append(record)
                             done[key] = record
                             progress.advance(f"{spec.label} {job.prompt_id}#{turn}")
-                        elif poisson:
+                        elif poisson and not record.get("skipped"):
                             end = record["arrival_s"] + record["queue_wait_s"] + record["service_e2e_s"]
                             clock[(spec.label, job.repeat)] = max(clock.get((spec.label, job.repeat), 0.0), end)
-                        history[spec.label] = messages + [{"role": "assistant", "content": record["text"]}]
+                        role = "skipped" if record.get("skipped") else "assistant"
+                        history[spec.label] = messages + [{"role": role, "content": record["text"]}]
 
     def _loop_batched(self, specs, backends, jobs, done, monitor, total, todo) -> None:
         """Batches of ``engine.batch_size`` requests in schedule order (arrival order in Poisson
@@ -253,8 +276,23 @@ class BenchmarkRunner:
                         todo_rows = [i for i in rows if keys[i] not in done]
                         messages = {i: history[(spec.label, i)] + [{"role": "user", "content": batch[i].prompt.turns[turn_index]}]
                                     for i in rows}
+                        encoded = {i: encode_turns(tokenizer, messages[i], chat) for i in todo_rows}
+                        for i in list(todo_rows):
+                            try:
+                                if any(h.get("role") == "skipped" for h in history[(spec.label, i)]):
+                                    raise ContextOverflow("an earlier turn of this conversation was skipped")
+                                self.models.engine.check_fits(len(encoded[i]), self.config.get("generation.max_tokens"))
+                            except ContextOverflow as error:
+                                record = skipped_record(str(error), len(encoded[i]))
+                                record.update(key=keys[i], method=spec.label, backend=spec.backend,
+                                              prompt_id=batch[i].prompt_id, category=batch[i].prompt.category, turn=turn,
+                                              repeat=batch[i].repeat, prompt=batch[i].prompt.turns[turn_index])
+                                self.results.append(record)
+                                done[keys[i]] = record
+                                todo_rows.remove(i)
+                                progress.advance(f"{spec.label} {batch[i].prompt_id}#{turn} (skipped)")
                         if todo_rows:
-                            ids = [encode_turns(tokenizer, messages[i], chat) for i in todo_rows]
+                            ids = [encoded[i] for i in todo_rows]
                             lead = batch[todo_rows[0]]
                             seed = request_seed(self.config.get("generation.seed"), lead.prompt_id, turn, lead.repeat)
                             records = self._measure_batch(backends[spec.label], spec, ids, seed, monitor)
@@ -264,13 +302,15 @@ class BenchmarkRunner:
                             for i, record in zip(todo_rows, records):
                                 job = batch[i]
                                 record.update(key=keys[i], method=spec.label, backend=spec.backend, prompt_id=job.prompt_id,
-                                              category=job.prompt.category, turn=turn, repeat=job.repeat, batch_id=batch_id)
+                                              category=job.prompt.category, turn=turn, repeat=job.repeat, batch_id=batch_id,
+                                              prompt=job.prompt.turns[turn_index])
                                 record["finished_utc"] = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
                                 self.results.append(record)
                                 done[keys[i]] = record
                                 progress.advance(f"{spec.label} {job.prompt_id}#{turn}")
                         for i in rows:
-                            history[(spec.label, i)] = messages[i] + [{"role": "assistant", "content": done[keys[i]]["text"]}]
+                            role = "skipped" if done[keys[i]].get("skipped") else "assistant"
+                            history[(spec.label, i)] = messages[i] + [{"role": role, "content": done[keys[i]]["text"]}]
 
     def _measure_batch(self, backend, spec, ids: list[list[int]], seed, monitor) -> list[dict]:
         """Decode ``ids`` as one batch; one record per row (the batch's energy and memory on

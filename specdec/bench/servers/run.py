@@ -72,7 +72,7 @@ def run_server_benchmark(runner) -> dict:
 
     config = runner.config
     specs, prompts = runner.check()
-    found = runner.results.prepare(config, runner.overwrite)
+    found = runner.results.prepare(config, runner.overwrite, note=runner._print)
     if found:
         runner._print(f"resuming {runner.results.path}: {found} finished request(s) kept")
     done = {r["key"]: r for r in runner.results.load_records()}
