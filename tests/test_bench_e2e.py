@@ -143,10 +143,10 @@ def test_sweep_table_and_best_gamma(stories_path, prompts, tmp_path, capsys):
     text = capsys.readouterr().out
     for column in ("gamma", "speedup (time)", "speedup (forwards)", "alpha", "tau", "efficiency"):
         assert column in text
-    assert "best gamma:" in text
+    assert "best gamma:" in text or "no gamma pays" in text  # stories260K may lose at every gamma
     sweep = json.loads((out / "sweep.json").read_text())
     assert [row["gamma"] for row in sweep["rows"]] == [1, 2, 3] and sweep["method"] == "ngram"
-    assert sweep["best_gamma"] in (1, 2, 3)
+    assert sweep["best_gamma"] in (1, 2, 3, None)
     assert (out / "sweep.md").read_text().startswith("| gamma | speedup (time) |")
     assert (out / "speedup_tau_per_gamma.png").is_file()
 

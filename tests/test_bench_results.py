@@ -78,3 +78,22 @@ def test_chat_template_applied_unless_turned_off():
     messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}, {"role": "user", "content": "ok"}]
     assert "".join(map(chr, encode_turns(tok, messages, True))) == "<user>hi<assistant>yo<user>ok<assistant>"
     assert "".join(map(chr, encode_turns(tok, messages, False)[1:])) == "hi\n\nyo\n\nok"
+
+
+def test_a_sweep_where_every_gamma_is_slower_names_no_best_gamma():
+    from specdec.bench.sweep import best_gamma, sweep_markdown
+
+    rows = [{"gamma": g, "speedup": s, "forward_speedup": 2.0, "alpha": 0.5, "tau": 1.5, "efficiency": 0.5}
+            for g, s in ((1, 0.8), (2, 0.9), (4, 0.7))]
+    assert best_gamma(rows) is None
+    text = sweep_markdown(rows)
+    assert "no gamma pays" in text and "baseline is best" in text and "best gamma: 2" not in text
+
+
+def test_a_sweep_of_one_gamma_draws_no_line(tmp_path):
+    from specdec.bench.plots import plot_speedup_tau
+
+    summary = {"methods": {"speculative:gamma=4": {"gamma": 4, "speedup": 1.2, "backend": "speculative"}}}
+    assert plot_speedup_tau(summary, tmp_path / "s.png") is None
+    summary["methods"]["speculative:gamma=2"] = {"gamma": 2, "speedup": 1.1, "backend": "speculative"}
+    assert plot_speedup_tau(summary, tmp_path / "s.png") is not None

@@ -29,7 +29,8 @@ def plot_speedup_tau(summary: dict, path: Path) -> str | None:
     for label, s in summary["methods"].items():
         if s.get("gamma") and s.get("speedup") is not None:
             series[s.get("backend") or label].append((s["gamma"], s.get("speedup"), s.get("forward_speedup"), s.get("tau"), s.get("expected_tau")))
-    if not series:
+    # A line over one gamma says nothing: the tables carry a single value.
+    if not series or all(len({p[0] for p in points}) < 2 for points in series.values()):
         return None
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
     for name, points in sorted(series.items()):

@@ -34,30 +34,43 @@ def identical_text(s: dict) -> str:
     return f"{'yes' if same['all'] else 'NO'} {same['identical']}/{same['pairs']}"
 
 
+def draft_length_text(s: dict) -> str:
+    """The draft length column: gamma, or "5>7.3" (started at 5, mean 7.3) when it varied."""
+    length = s.get("draft_length")
+    if not s.get("gamma"):
+        return "-"
+    if length and length["min"] != length["max"]:
+        return f"{s['gamma']}>{length['mean']:.1f}"
+    return str(s["gamma"])
+
+
 def summary_tables(metrics: dict, title: str = "") -> list[Table]:
-    """Two tables: speed (speedups, throughput, latency) and acceptance (alpha, tau, efficiency)."""
+    """Four tables, each under 100 columns (tests/test_bench_report_width.py): speed, latency,
+    acceptance, and cost (c, prediction, efficiency, energy, memory)."""
     methods = metrics["summary"]["methods"]
-    speed = Table(title=f"{title} speed".strip(), title_justify="left")
-    for column in ("method", "reqs", "tokens", "tok/s", "speedup [95% CI]", "tok/s ratio", "fwd speedup",
-                   "TTFT p50 ms", "TPOT p50 ms", "e2e p50/p90/p99 ms", "greedy identical"):
-        speed.add_column(column, justify="left" if column == "method" else "right", no_wrap=column in ("method", "speedup [95% CI]"))
+
+    def table(name: str, columns: tuple[str, ...]) -> Table:
+        t = Table(title=f"{title} {name}".strip(), title_justify="left")
+        for column in columns:
+            t.add_column(column, justify="left" if column == "method" else "right", no_wrap=True)
+        return t
+
+    speed = table("speed", ("method", "reqs", "tokens", "tok/s", "speedup [95% CI]", "tok/s ratio", "fwd speedup"))
+    latency = table("latency", ("method", "TTFT p50 ms", "TPOT p50 ms", "e2e p50/p90/p99 ms", "greedy identical"))
+    accept = table("acceptance", ("method", "draft len", "alpha", "accept rate", "tau", "expected tau", "skipped"))
+    cost = table("cost", ("method", "c", "predicted", "efficiency", "throughput tok/s", "J/token", "peak mem MiB"))
     for label, s in methods.items():
         e2e = s.get("e2e_s") or {}
-        speed.add_row(label, str(s["requests"]), str(s["new_tokens"]), fmt(s.get("tokens_per_s"), 1), speedup_text(s),
-                      fmt(s.get("tokens_per_s_ratio")), fmt(s.get("forward_speedup")),
-                      ms((s.get("ttft_s") or {}).get("p50")), ms((s.get("tpot_s") or {}).get("p50")),
-                      f"{ms(e2e.get('p50'))}/{ms(e2e.get('p90'))}/{ms(e2e.get('p99'))}", identical_text(s))
-    accept = Table(title=f"{title} acceptance".strip(), title_justify="left")
-    for column in ("method", "gamma", "alpha", "accept rate", "tau", "expected tau", "c", "predicted", "efficiency",
-                   "throughput tok/s", "J/token", "peak mem MiB"):
-        accept.add_column(column, justify="left" if column == "method" else "right", no_wrap=column == "method")
-    for label, s in methods.items():
         mem = s.get("peak_mem_bytes")
-        accept.add_row(label, fmt(s.get("gamma")), fmt(s.get("alpha"), 3), fmt(s.get("draft_acceptance_rate"), 3),
-                       fmt(s.get("tau")), fmt(s.get("expected_tau")), fmt(s.get("c"), 3), fmt(s.get("predicted_speedup")),
-                       fmt(s.get("efficiency")), fmt(s.get("throughput"), 1), fmt(s.get("j_per_token"), 4),
-                       "-" if mem is None else f"{mem / 2**20:.0f}")
-    return [speed, accept]
+        speed.add_row(label, str(s["requests"]), str(s["new_tokens"]), fmt(s.get("tokens_per_s"), 1), speedup_text(s),
+                      fmt(s.get("tokens_per_s_ratio")), fmt(s.get("forward_speedup")))
+        latency.add_row(label, ms((s.get("ttft_s") or {}).get("p50")), ms((s.get("tpot_s") or {}).get("p50")),
+                        f"{ms(e2e.get('p50'))}/{ms(e2e.get('p90'))}/{ms(e2e.get('p99'))}", identical_text(s))
+        accept.add_row(label, draft_length_text(s), fmt(s.get("alpha"), 3), fmt(s.get("draft_acceptance_rate"), 3),
+                       fmt(s.get("tau")), fmt(s.get("expected_tau")), str(s.get("skipped") or 0))
+        cost.add_row(label, fmt(s.get("c"), 3), fmt(s.get("predicted_speedup")), fmt(s.get("efficiency")),
+                     fmt(s.get("throughput"), 1), fmt(s.get("j_per_token"), 4), "-" if mem is None else f"{mem / 2**20:.0f}")
+    return [speed, latency, accept, cost]
 
 
 def notes(metrics: dict) -> list[str]:
@@ -66,6 +79,14 @@ def notes(metrics: dict) -> list[str]:
     for label, options in (metrics.get("ignored_options") or {}).items():
         lines.append(f"{label}: ignored {'; '.join(options)}")
     methods = metrics["summary"]["methods"]
+    for label, s in methods.items():
+        length = s.get("draft_length")
+        if s.get("gamma") and length and length["min"] != length["max"]:
+            # "gamma 5" with an adaptive schedule is where it started, not what it proposed.
+            lines.append(f"{label}: draft length adaptive, started at {s['gamma']}, mean {length['mean']:.1f}, "
+                         f"range {length['min']}-{length['max']}")
+        for reason, count in (s.get("skipped_reasons") or {}).items():
+            lines.append(f"{label}: skipped {count} request(s): {reason}")
     reasons = {s.get("energy_reason") for s in methods.values() if s.get("energy_j") is None and s.get("energy_reason")}
     for reason in sorted(reasons):
         lines.append(f"energy: null ({reason})")

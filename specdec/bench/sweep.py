@@ -51,9 +51,26 @@ def sweep_rows(metrics: dict) -> list[dict]:
 
 
 def best_gamma(rows: list[dict]) -> int | None:
-    """The gamma with the highest time speedup (None when no speedup was measured)."""
+    """The gamma with the highest time speedup; None when no speedup was measured or none is
+    above 1 (then no gamma pays: the autoregressive baseline is best, see :func:`verdict`)."""
     measured = [r for r in rows if r["speedup"] is not None]
-    return max(measured, key=lambda r: r["speedup"])["gamma"] if measured else None
+    if not measured:
+        return None
+    best = max(measured, key=lambda r: r["speedup"])
+    return best["gamma"] if best["speedup"] > 1.0 else None
+
+
+def verdict(rows: list[dict]) -> str:
+    """One line: the best gamma, or that none pays."""
+    measured = [r for r in rows if r["speedup"] is not None]
+    if not measured:
+        return "best gamma: - (no speedup measured)"
+    best = best_gamma(rows)
+    if best is None:
+        top = max(measured, key=lambda r: r["speedup"])
+        return (f"no gamma pays: every one is slower than the autoregressive baseline (the fastest, gamma "
+                f"{top['gamma']}, runs at {top['speedup']:.2f}x); the baseline is best here")
+    return f"best gamma: {best}"
 
 
 def sweep_table(rows: list[dict]) -> Table:
@@ -73,7 +90,6 @@ def sweep_markdown(rows: list[dict]) -> str:
     for r in rows:
         lines.append(f"| {r['gamma']} | {fmt(r['speedup'], 2, 'x')} | {fmt(r['forward_speedup'], 2, 'x')} | "
                      f"{fmt(r['alpha'], 3)} | {fmt(r['tau'])} | {fmt(r['efficiency'])} |")
-    best = best_gamma(rows)
     lines.append("")
-    lines.append(f"best gamma: {best}" if best is not None else "best gamma: - (no speedup measured)")
+    lines.append(verdict(rows))
     return "\n".join(lines) + "\n"
