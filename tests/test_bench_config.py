@@ -106,3 +106,22 @@ def test_cli_usage_errors_before_any_model_loads(tmp_path):
     with pytest.raises(UsageError, match="no such config file"):
         main("bench", ["--config", str(tmp_path / "missing.yaml")])
     assert main("bench", ["--help"]) == 0
+
+
+def test_vllm_shaped_speculative_config_maps_onto_the_native_drafters(tmp_path):
+    """Issue #13 item 7: the S3 shape runs natively; what cannot be honoured is reported."""
+    from specdec.bench.backends import _native_ignored
+
+    config_file = tmp_path / "s3.yaml"
+    config_file.write_text(
+        "model: T\ntensor_parallel_size: 1\nspeculative_config:\n  method: draft_model\n  model: D\n  num_speculative_tokens: 5\n"
+        "  draft_tensor_parallel_size: 1\n", encoding="utf-8")
+    config = load_config(str(config_file), environ={})
+    assert config.get("speculative.draft_model") == "D" and config.get("speculative.method") == "model"
+    assert config.get("speculative.num_speculative_tokens") == 5
+    assert any("draft_tensor_parallel_size=1" in line for line in _native_ignored(config))
+    ngram = tmp_path / "ngram.yaml"
+    ngram.write_text("model: T\nspeculative_config: {method: ngram, num_speculative_tokens: 3, prompt_lookup_max: 4, "
+                     "prompt_lookup_min: 2}\n", encoding="utf-8")
+    config = load_config(str(ngram), environ={})
+    assert (config.get("speculative.method"), config.get("speculative.ngram_max"), config.get("speculative.ngram_min")) == ("ngram", 4, 2)

@@ -147,6 +147,8 @@ def _native_ignored(config, batches: bool = True) -> list[str]:
     for key, is_set in checks.items():
         if is_set(config.get(key)):
             ignored.append(f"{key}={config.get(key)} (the native engine runs on one device)")
+    for entry in config.get("speculative.unsupported") or []:
+        ignored.append(f"speculative_config {entry} (the native drafters are a draft model and n-gram lookup)")
     if not batches and batch_size(config) > 1:
         ignored.append(f"engine.batch_size={batch_size(config)} (transformers' generate runs the rows one at a time)")
     return ignored + native_ignored_server_keys(config)

@@ -40,6 +40,7 @@ FIELDS: dict[str, tuple[Any, Any, str]] = {
     "speculative.ngram_match": (str, "earliest", "n-gram drafting continues from the earliest or latest match"),
     "speculative.draft_schedule": (str, DEFAULT_DRAFT_SCHEDULE, "adaptive (default) or constant draft length"),
     "speculative.confidence_threshold": (float, DEFAULT_CONFIDENCE_THRESHOLD, "adaptive schedule: stop drafting below this draft probability"),
+    "speculative.unsupported": ("list", [], "speculative_config entries (S3 shape) the native drafters cannot honour; reported"),
     "speculative.draft_vocab": (int, DEFAULT_DRAFT_VOCAB, "draft scores only this many frequent ids (+ prompt's) when the vocabulary is over twice as large; 0 = all"),
     "engine.prepack": (bool, True, "CPU bf16/fp16: decode on oneDNN-prepacked weights where bit-identical"),
     "engine.backend": (str, "native", "native (specdec + transformers), openai (a server: docs/serving.md) or vllm (vllm.LLM in this process)"),
@@ -223,6 +224,54 @@ def _flatten(tree: dict, where: str, prefix: str = "") -> dict:
     return flat
 
 
+#: vLLM's ``speculative_config`` keys (the S3 config shape) -> specdec keys.
+S3_SPECULATIVE = {
+    "model": "draft_model",
+    "num_speculative_tokens": "num_speculative_tokens",
+    "prompt_lookup_max": "ngram_max",
+    "prompt_lookup_min": "ngram_min",
+}
+S3_METHODS = {"draft_model": "model", "ngram": "ngram"}
+
+
+def from_s3_shape(data: dict, where: str) -> dict:
+    """A vLLM-shaped config (S3: a top-level ``speculative_config:`` block) in specdec's keys.
+
+    ``method`` (draft_model / ngram), ``model``, ``num_speculative_tokens`` and
+    ``prompt_lookup_max`` / ``_min`` map onto the native drafters; anything else in the block is
+    kept in ``speculative.unsupported`` and reported by the backends as not honoured."""
+    if not isinstance(data, dict) or "speculative_config" not in data:
+        return data
+    data = dict(data)
+    block = data.pop("speculative_config") or {}
+    if not isinstance(block, dict):
+        raise UsageError(f"{where}: speculative_config must be a mapping (method, model, num_speculative_tokens, ...)")
+    speculative = dict(data.get("speculative") or {})
+    unsupported = []
+    for key, value in block.items():
+        if key == "method":
+            if value not in S3_METHODS:
+                unsupported.append(f"method={value}")
+                continue
+            speculative["method"] = S3_METHODS[value]
+        elif key in S3_SPECULATIVE:
+            speculative[S3_SPECULATIVE[key]] = value
+        else:
+            unsupported.append(f"{key}={value}")
+    if "method" not in block and "model" in block:
+        speculative["method"] = "model"
+    if unsupported:
+        speculative["unsupported"] = unsupported
+    data["speculative"] = speculative
+    engine = dict(data.get("engine") or {})
+    for key in ("tensor_parallel_size", "gpu_memory_utilization", "max_model_len"):  # S3's top-level engine keys
+        if key in data:
+            engine[key] = data.pop(key)
+    if engine:
+        data["engine"] = engine
+    return data
+
+
 def read_config_file(path: str | os.PathLike) -> dict:
     """The flat {dotted key: value} of a YAML or JSON config file (validated)."""
     path = Path(path)
@@ -236,6 +285,7 @@ def read_config_file(path: str | os.PathLike) -> dict:
         raise UsageError(f"{path}:{line}: not valid {'JSON' if path.suffix.lower() == '.json' else 'YAML'}: {str(error).splitlines()[0]}") from None
     if data is None:
         return {}
+    data = from_s3_shape(data, str(path))
     flat = _flatten(data, str(path))
     return {key: coerce(key, value, str(path)) for key, value in flat.items()}
 
