@@ -94,3 +94,22 @@ def test_poisson_arrivals_are_seeded_and_bounded():
     assert a == poisson_arrivals(10.0, seed=3, duration=2.0)
     assert all(0 < t < 2.0 for t in a) and a == sorted(a)
     assert len(poisson_arrivals(5.0, seed=0, count=4)) == 4
+
+
+def test_sharegpt_conversations_left_out_are_counted_by_reason(tmp_path):
+    """Issue #13 item 12: nothing is dropped without a word."""
+    import json as _json
+
+    from specdec.bench.workloads import SKIPPED, read_prompts
+
+    path = tmp_path / "sharegpt.json"
+    path.write_text(_json.dumps([
+        {"id": "a", "conversations": [{"from": "human", "value": "Hi there"}, {"from": "gpt", "value": "Hello"}]},
+        {"id": "b", "conversations": [{"from": "gpt", "value": "I start"}, {"from": "human", "value": "then me"}]},
+        {"id": "c", "conversations": [{"from": "gpt", "value": "alone"}]},
+        {"id": "d", "conversations": [{"from": "system", "value": "be brief"}, {"from": "human", "value": "Hello"}]},
+    ]))
+    prompts = read_prompts(path)
+    assert [p.id for p in prompts] == ["a", "d"]  # a system prompt first is fine
+    assert SKIPPED == {"ShareGPT conversation whose first turn is the model's": 1,
+                       "ShareGPT conversation with no human turn": 1}

@@ -78,6 +78,8 @@ def notes(metrics: dict) -> list[str]:
     lines = []
     for label, options in (metrics.get("ignored_options") or {}).items():
         lines.append(f"{label}: ignored {'; '.join(options)}")
+    for reason, count in (metrics.get("workload_skipped") or {}).items():
+        lines.append(f"workload: left out {count} record(s): {reason}")
     methods = metrics["summary"]["methods"]
     for label, s in methods.items():
         length = s.get("draft_length")

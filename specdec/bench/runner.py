@@ -28,6 +28,7 @@ from .metrics import summarize
 from .monitor import Monitor
 from .servers import is_server_backend
 from .servers.summary import is_server_run as is_server_records, server_summary
+from .workloads import SKIPPED as WORKLOAD_SKIPPED
 from .workloads import Prompt, encode_turns, load_workload, poisson_arrivals
 
 
@@ -114,6 +115,9 @@ class BenchmarkRunner:
         plan_placement(self.config.get("engine.gpu_strategy"), resolve_device(self.config.get("engine.device")),
                        self.config.get("engine.target_gpu_ratio"), self.config.get("engine.drafter_gpu_ratio"))
         prompts = load_workload(self.config)
+        self.workload_skipped = dict(WORKLOAD_SKIPPED)
+        for reason, count in self.workload_skipped.items():
+            self._print(f"left out {count} record(s) of the prompt file: {reason}")
         return specs, prompts
 
     def run(self) -> dict:
@@ -412,7 +416,8 @@ class BenchmarkRunner:
         sessions = list(previous.get("sessions", []))
         if session is not None:
             sessions.append({"manifest": manifest(device, dtype), "monitor": session,
-                             "placement": self.models.placement_record() if hasattr(self, "models") else None})
+                             "placement": self.models.placement_record() if hasattr(self, "models") else None,
+                             "workload_skipped": getattr(self, "workload_skipped", {})})
         return write_outputs(self.results, self.config.to_dict(), self.config.hash(), labels, sessions, ignored,
                              self.config.get("run.bootstrap"), self.config.get("load.mode"))
 
@@ -445,6 +450,7 @@ def write_outputs(results: R.ResultsDir, config: dict, config_hash: str, methods
         "manifest": last.get("manifest"),
         "sessions": sessions,
         "ignored_options": ignored,
+        "workload_skipped": last.get("workload_skipped") or {},
         "summary": summary,
         "records": [{k: v for k, v in r.items() if k != "token_ids"} for r in records],
     }

@@ -13,6 +13,7 @@ Formats (detected per file, validated line by line before any model loads):
 from __future__ import annotations
 
 import json
+from collections import Counter
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +38,10 @@ class Prompt:
     extra: dict = field(default_factory=dict)
 
 
+#: Records left out while reading prompts, by reason (reset by :func:`read_prompts`).
+SKIPPED: Counter = Counter()
+
+
 def _fail(path, line: int | None, problem: str) -> UsageError:
     where = f"{path}:{line}" if line else str(path)
     return UsageError(f"{where}: {problem}")
@@ -57,8 +62,16 @@ def _record_to_prompt(record, path: Path, line: int, seen: set) -> Prompt:
             raise _fail(path, line, "'conversations' must be a list of {from, value} objects")
         first = next((c for c in conversations if isinstance(c, dict) and c.get("from") in HUMAN_ROLES
                       and isinstance(c.get("value"), str) and c["value"].strip()), None)
+        # ShareGPT dumps hold conversations without a human turn, and ones that open with the
+        # model's turn (the human's first message then answers text we would not send): both
+        # are left out, and counted by reason (SKIPPED).
         if first is None:
-            return None  # ShareGPT dumps hold conversations without a human turn: skipped, counted
+            SKIPPED["ShareGPT conversation with no human turn"] += 1
+            return None
+        opening = next((c for c in conversations if isinstance(c, dict) and c.get("from") != "system"), None)
+        if opening is not first and opening.get("from") not in HUMAN_ROLES:
+            SKIPPED["ShareGPT conversation whose first turn is the model's"] += 1
+            return None
         turns = [first["value"]]
         pid = record.get("id")
         category = record.get("category") or "sharegpt"
@@ -127,6 +140,7 @@ def read_prompts(source: str | Path) -> list[Prompt]:
     line and problem on the first malformed record."""
     path = Path(source).expanduser()
     seen: set = set()
+    SKIPPED.clear()
     if path.is_dir():
         files = [path / name for name in SHAREGPT_FILES if (path / name).is_file()]
         if not files:
