@@ -50,3 +50,16 @@ def test_summarize_pools_acceptance_and_efficiency():
     assert s["efficiency"] == pytest.approx(s["speedup"] / s["predicted_speedup"])
     assert summary["methods"]["target"]["speedup"] == 1.0
     assert s["per_category"]["c"]["tokens_per_s"] == 4.0
+
+
+def test_bootstrap_resamples_conversations_not_turns():
+    """Issue #13 item 5: ten turns of one conversation are one piece of evidence, not ten. With
+    clusters the interval is wider than when the turns are taken as independent."""
+    from specdec.bench.metrics import geomean_ci
+
+    ratios = [1.5] * 10 + [1.0] * 10 + [1.2, 0.9, 1.4, 1.1]
+    clusters = ["a"] * 10 + ["b"] * 10 + ["c", "d", "e", "f"]
+    naive = geomean_ci(ratios, 4000, 0)
+    clustered = geomean_ci(ratios, 4000, 0, clusters=clusters)
+    assert naive["geomean"] == clustered["geomean"] and clustered["clusters"] == 6
+    assert clustered["ci_high"] - clustered["ci_low"] > 1.5 * (naive["ci_high"] - naive["ci_low"])

@@ -24,19 +24,32 @@ def percentiles(values) -> dict:
     return {"p50": p50, "p90": p90, "p99": p99, "mean": float(np.mean(data)), "n": len(data)}
 
 
-def geomean_ci(ratios, resamples: int = 2000, seed: int = 0, level: float = 0.95) -> dict:
+def geomean_ci(ratios, resamples: int = 2000, seed: int = 0, level: float = 0.95, clusters=None) -> dict:
     """Geometric mean of positive ``ratios`` with a percentile-bootstrap interval.
 
-    Returns {geomean, ci_low, ci_high, n}; the interval is None with fewer than 2 ratios."""
-    data = np.array([r for r in ratios if r is not None and r > 0], dtype=float)
+    clusters: one label per ratio (e.g. the prompt a turn belongs to). Ratios of one cluster
+    are correlated (turns of one conversation, repeats of one prompt), so the bootstrap then
+    resamples whole clusters (a cluster bootstrap), not ratios one by one, which would make
+    the interval too narrow. Returns {geomean, ci_low, ci_high, n, clusters}; the interval is
+    None with fewer than 2 clusters."""
+    kept = [(r, c) for r, c in zip(ratios, clusters if clusters is not None else range(len(ratios)))
+            if r is not None and r > 0]
+    data = np.array([r for r, _ in kept], dtype=float)
     if data.size == 0:
-        return {"geomean": None, "ci_low": None, "ci_high": None, "n": 0}
+        return {"geomean": None, "ci_low": None, "ci_high": None, "n": 0, "clusters": 0}
     logs = np.log(data)
-    result = {"geomean": float(np.exp(logs.mean())), "ci_low": None, "ci_high": None, "n": int(data.size)}
-    if data.size >= 2 and resamples > 0:
+    members: dict = defaultdict(list)
+    for index, (_, cluster) in enumerate(kept):
+        members[cluster].append(index)
+    groups = list(members.values())
+    result = {"geomean": float(np.exp(logs.mean())), "ci_low": None, "ci_high": None, "n": int(data.size),
+              "clusters": len(groups)}
+    if len(groups) >= 2 and resamples > 0:
         rng = np.random.default_rng(seed)
-        idx = rng.integers(0, data.size, size=(resamples, data.size))
-        means = logs[idx].mean(axis=1)
+        sums = np.array([logs[g].sum() for g in groups])
+        sizes = np.array([len(g) for g in groups])
+        picks = rng.integers(0, len(groups), size=(resamples, len(groups)))
+        means = sums[picks].sum(axis=1) / sizes[picks].sum(axis=1)
         tail = (1 - level) / 2 * 100
         low, high = np.percentile(means, [tail, 100 - tail])
         result.update(ci_low=float(np.exp(low)), ci_high=float(np.exp(high)))
@@ -243,7 +256,8 @@ def paired_speedup(baseline, method, resamples: int = 2000, seed: int = 0) -> di
         if ratio:
             by_prompt[(b["prompt_id"], b["turn"])].append(ratio)
             by_repeat[b["repeat"]].append(ratio)
-    ci = geomean_ci([median(v) for v in by_prompt.values()], resamples, seed)
+    # Turns of one conversation share a cluster: the interval resamples prompts, not turns.
+    ci = geomean_ci([median(v) for v in by_prompt.values()], resamples, seed, clusters=[p for p, _ in by_prompt])
     ratios = [median(v) for v in by_prompt.values()]
     b_tokens = sum(b["new_tokens"] for b, _ in pairs)
     m_tokens = sum(m["new_tokens"] for _, m in pairs)
@@ -256,6 +270,8 @@ def paired_speedup(baseline, method, resamples: int = 2000, seed: int = 0) -> di
         "speedup": ci["geomean"],
         "speedup_ci_low": ci["ci_low"],
         "speedup_ci_high": ci["ci_high"],
+        "speedup_ci_method": (f"cluster bootstrap over {ci['clusters']} prompts (turns and repeats of one prompt "
+                              "resampled together)"),
         "speedup_min": min(ratios) if ratios else None,
         "speedup_max": max(ratios) if ratios else None,
         "speedup_per_repeat": {str(k): geomean_ci(v, 0)["geomean"] for k, v in sorted(by_repeat.items())},

@@ -89,6 +89,9 @@ def notes(metrics: dict) -> list[str]:
                          f"range {length['min']}-{length['max']}")
         for reason, count in (s.get("skipped_reasons") or {}).items():
             lines.append(f"{label}: skipped {count} request(s): {reason}")
+    ci_methods = {s["speedup_ci_method"] for s in methods.values() if s.get("speedup_ci_method")}
+    for method in sorted(ci_methods):
+        lines.append(f"speedup [95% CI]: geometric mean of per-prompt e2e ratios; interval by {method}")
     reasons = {s.get("energy_reason") for s in methods.values() if s.get("energy_j") is None and s.get("energy_reason")}
     for reason in sorted(reasons):
         lines.append(f"energy: null ({reason})")
