@@ -112,6 +112,17 @@ class Models:
             self._engine = Engine(t.model, t.tokenizer, self.device, self.eos_ids, prepack=self.config.get("engine.prepack"))
         return self._engine
 
+    def cuda_indices(self) -> list[int]:
+        """The CUDA devices the loaded models sit on (for measuring only their energy)."""
+        indices = set()
+        for loaded in (self._target, self._draft):
+            if loaded is None:
+                continue
+            for parameter in loaded.model.parameters():
+                if parameter.device.type == "cuda":
+                    indices.add(parameter.device.index or 0)
+        return sorted(indices) or [self.device.index or 0]
+
     def placement_record(self) -> dict:
         """Where each loaded model's layers went (for the run's record)."""
         record = {"strategy": self.placement.description}

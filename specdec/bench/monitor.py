@@ -20,15 +20,41 @@ import time
 import psutil
 
 
+def physical_gpus(indices: list[int], cuda_visible_devices: str | None) -> list[str]:
+    """The physical GPUs (NVML index or UUID, as text) behind torch's CUDA ``indices``: torch
+    numbers the GPUs that ``CUDA_VISIBLE_DEVICES`` lets through from 0."""
+    if cuda_visible_devices is None or not cuda_visible_devices.strip():
+        return [str(i) for i in indices]
+    visible = [v.strip() for v in cuda_visible_devices.split(",") if v.strip()]
+    return [visible[i] for i in indices if i < len(visible)]
+
+
+def rapl_package_zones(root: str = "/sys/class/powercap") -> list[tuple[str, str]]:
+    """(path, name) of the RAPL package domains. The ``psys`` (platform) domain already contains
+    the packages, so summing it with them would count the same joules twice: it is left out."""
+    zones = []
+    for path in sorted(p for p in glob.glob(os.path.join(root, "intel-rapl:*")) if os.path.basename(p).count(":") == 1):
+        try:
+            with open(os.path.join(path, "name")) as f:
+                name = f.read().strip()
+        except OSError:
+            name = os.path.basename(path)
+        if name.startswith("package"):
+            zones.append((path, name))
+    return zones
+
+
 class _Rapl:
-    """Package energy counters of Intel RAPL (microjoules, wrapping at max_energy_range_uj)."""
+    """Package energy counters of Intel RAPL (microjoules, wrapping at max_energy_range_uj);
+    ``domains`` names what is summed."""
 
     def __init__(self) -> None:
         self.zones = []
         self.reason = None
-        paths = sorted(p for p in glob.glob("/sys/class/powercap/intel-rapl:*") if p.count(":") == 1)
+        paths = [path for path, _ in rapl_package_zones()]
+        self.domains = [name for _, name in rapl_package_zones()]
         if not paths:
-            self.reason = "no RAPL energy counter on this machine (/sys/class/powercap/intel-rapl* absent)"
+            self.reason = "no RAPL package energy counter on this machine (/sys/class/powercap/intel-rapl* absent)"
             return
         for path in paths:
             try:
@@ -64,8 +90,10 @@ class _Rapl:
 class Monitor:
     """Start with :meth:`start`, stop with :meth:`stop` (returns :meth:`summary`)."""
 
-    def __init__(self, device, interval_s: float = 0.1, enabled: bool = True) -> None:
+    def __init__(self, device, interval_s: float = 0.1, enabled: bool = True, cuda_indices: list[int] | None = None) -> None:
         self.device = device
+        # The GPUs the models sit on (torch indices); NVML sees every GPU of the machine.
+        self.cuda_indices = cuda_indices if cuda_indices is not None else [getattr(device, "index", None) or 0]
         self.interval_s = interval_s
         self.enabled = enabled
         self.kind = "none"
@@ -90,9 +118,12 @@ class Monitor:
 
                 pynvml.nvmlInit()
                 self._nvml = pynvml
-                count = pynvml.nvmlDeviceGetCount()
-                self._handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(count)]
+                gpus = physical_gpus(sorted(set(self.cuda_indices)), os.environ.get("CUDA_VISIBLE_DEVICES"))
+                self._handles = [pynvml.nvmlDeviceGetHandleByUUID(g) if not g.isdigit()
+                                 else pynvml.nvmlDeviceGetHandleByIndex(int(g)) for g in gpus]
+                self.gpus_measured = gpus
                 self.kind = "nvml"
+                count = len(self._handles)
                 self.samples = {i: {"power_w": [], "util_pct": [], "mem_bytes": [], "temp_c": []} for i in range(count)}
                 try:
                     self._energy_start = [pynvml.nvmlDeviceGetTotalEnergyConsumption(h) / 1000 for h in self._handles]
@@ -179,6 +210,7 @@ class Monitor:
                     "samples": len(power),
                 }
                 energies.append(integrated)
+            out["energy_devices"] = [f"GPU {g}" for g in getattr(self, "gpus_measured", [])]
             counter = self.energy_j()
             if counter is not None:
                 out["energy_j"] = counter
@@ -205,6 +237,7 @@ class Monitor:
             if energy is not None:
                 out["energy_j"] = energy
                 out["energy_source"] = "rapl"
+                out["energy_devices"] = [f"RAPL {name}" for name in self._rapl.domains]
         return out
 
     def close(self) -> None:

@@ -95,6 +95,9 @@ def notes(metrics: dict) -> list[str]:
     reasons = {s.get("energy_reason") for s in methods.values() if s.get("energy_j") is None and s.get("energy_reason")}
     for reason in sorted(reasons):
         lines.append(f"energy: null ({reason})")
+    monitor = ((metrics.get("sessions") or [{}])[-1] or {}).get("monitor") or {}
+    if monitor.get("energy_devices") and monitor.get("energy_j") is not None:
+        lines.append(f"energy: {monitor.get('energy_source')}, summed over {', '.join(monitor['energy_devices'])} only")
     if metrics["summary"].get("baseline") is None:
         lines.append("no 'target' baseline in this run: speedups are not available")
     config = metrics.get("config") or {}

@@ -158,7 +158,7 @@ class BenchmarkRunner:
                     backend.prepare()
                 self._warmup(specs, backends, prompts[0])
                 monitor = Monitor(self.models.device, self.config.get("run.monitor_interval_s"),
-                                  self.config.get("run.monitor")).start()
+                                  self.config.get("run.monitor"), cuda_indices=self.models.cuda_indices()).start()
                 if batch_size(self.config) > 1:
                     self._loop_batched(specs, backends, jobs, done, monitor, total, todo)
                 else:
