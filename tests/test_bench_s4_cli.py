@@ -23,3 +23,11 @@ def test_default_output_folder_is_timestamp_and_config_hash():
     assert str(path) == f"results/20261124T123005Z-{config.hash()[:8]}"
     other = load_config(None, {"model": "another"}, environ={})
     assert default_output_dir(other, now=datetime(2026, 11, 24, 12, 30, 5, tzinfo=timezone.utc)) != path
+
+
+def test_every_bench_sweep_and_report_flag_has_a_help_text():
+    """Issue #13 item 11."""
+    for command in ("bench", "sweep", "report"):
+        parser = _parser(command)
+        missing = [a.option_strings or [a.dest] for a in parser._actions if not a.help and a.dest != "help"]
+        assert not missing, f"specdec {command}: no help text for {missing}"
