@@ -132,11 +132,14 @@ def run_main(argv: list[str]) -> int:
     from .compare import compare
     from .main import SpeculativeDecoder
     from .render import render_comparison
+    from .threads import busy_warning, configure_threads
 
     status = Console(stderr=True)
     log = (lambda message: status.print(f"specdec: {message}")) if not args.json else (lambda message: None)
     log("loading models ...")
     decoder = SpeculativeDecoder(**settings, log=log)
+    for line in filter(None, (configure_threads(decoder.device), busy_warning() if decoder.device.type == "cpu" else None)):
+        status.print(f"specdec: {line}")  # also with --json: stderr, so stdout stays one JSON object
     report = compare(decoder, args.prompt, chat=args.chat)
     if args.json:
         print(json.dumps(report, indent=2))

@@ -22,8 +22,11 @@ def warm_up(decoder: SpeculativeDecoder, prompt: str, chat: bool = False) -> Non
         decoder.generate(prompt, speculative=speculative, chat=chat, max_new_tokens=budget)
 
 
-def compare(decoder: SpeculativeDecoder, prompt: str, chat: bool = False, warmup: bool = True) -> dict:
-    """Run baseline then speculative decoding on ``prompt``; return a JSON-ready report.
+def compare(decoder: SpeculativeDecoder, prompt: str, chat: bool = False, warmup: bool = True,
+            speculative_first: bool = False) -> dict:
+    """Run baseline and speculative decoding on ``prompt`` (the baseline first unless
+    ``speculative_first``: callers with several prompts alternate it, so drift on a shared
+    machine hits both arms); return a JSON-ready report.
 
     The report holds both results (text, tokens, stats), ``speedup`` (baseline e2e_s over
     speculative e2e_s), ``forward_speedup`` (target forwards, baseline over speculative),
@@ -37,8 +40,13 @@ def compare(decoder: SpeculativeDecoder, prompt: str, chat: bool = False, warmup
         import secrets
 
         config = replace(config, seed=secrets.randbits(63))
-    baseline = decoder.engine.generate(decoder.encode(prompt, chat), config, None)
-    speculative = decoder.engine.generate(decoder.encode(prompt, chat), config, decoder.drafter)
+    ids = decoder.encode(prompt, chat)
+    if speculative_first:
+        speculative = decoder.engine.generate(ids, config, decoder.drafter)
+        baseline = decoder.engine.generate(ids, config, None)
+    else:
+        baseline = decoder.engine.generate(ids, config, None)
+        speculative = decoder.engine.generate(ids, config, decoder.drafter)
     return comparison_report(decoder, prompt, baseline, speculative)
 
 

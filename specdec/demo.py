@@ -64,6 +64,7 @@ def main(argv: list[str]) -> int:
     from .compare import compare
     from .main import SpeculativeDecoder
     from .render import render_comparison
+    from .threads import busy_warning, configure_threads
 
     status = Console(stderr=True)
     log = lambda message: status.print(f"specdec: {message}")  # noqa: E731
@@ -72,10 +73,12 @@ def main(argv: list[str]) -> int:
         target_model_name=str(folder), drafter="ngram", gamma=args.gamma, max_tokens=args.max_new_tok,
         device=args.device, dtype=args.dtype, temperature=0.0, log=log,
     )
+    for line in filter(None, (configure_threads(decoder.device), busy_warning() if decoder.device.type == "cpu" else None)):
+        log(line)
     reports = []
     console = Console()
-    for label, prompt in DEMO_PROMPTS:
-        report = compare(decoder, prompt, chat=True)
+    for index, (label, prompt) in enumerate(DEMO_PROMPTS):
+        report = compare(decoder, prompt, chat=True, speculative_first=index % 2 == 1)
         report["label"] = label
         reports.append(report)
         if not args.json:

@@ -20,6 +20,7 @@ import torch
 from ..devices import resolve_device
 from ..errors import ContextOverflow, UsageError
 from ..placement import plan_placement
+from ..threads import busy_warning, configure_threads
 from . import results as R
 from .backends import Models, batch_size, check_methods, generation_config, make_backend
 from .config import BenchConfig, load_config
@@ -139,6 +140,9 @@ class BenchmarkRunner:
 
     def _run(self, specs, prompts) -> dict:
         found = self.results.prepare(self.config, self.overwrite, note=self._print)
+        device = resolve_device(self.config.get("engine.device"))
+        for line in filter(None, (configure_threads(device), busy_warning() if device.type == "cpu" else None)):
+            self._print(line)
         if found:
             self._print(f"resuming {self.results.path}: {found} finished request(s) kept")
         done = {r["key"]: r for r in self.results.load_records()}
