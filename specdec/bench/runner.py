@@ -321,31 +321,14 @@ class BenchmarkRunner:
                             history[(spec.label, i)] = messages[i] + [{"role": role, "content": done[keys[i]]["text"]}]
 
     def _measure_batch(self, backend, spec, ids: list[list[int]], seed, monitor) -> list[dict]:
-        """Decode ``ids`` as one batch; one record per row (the batch's energy and memory on
-        every row, marked as the batch's)."""
-        device = self.models.device
-        gen = generation_config(self.config, spec, seed)
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-        energy_before = monitor.energy_j()
-        results = backend.generate_batch(ids, gen)
-        energy_after = monitor.energy_j()
-        energy = energy_after - energy_before if energy_before is not None and energy_after is not None else None
+        """Decode ``ids`` as one batch; one record per row (the batch's energy on every row,
+        marked as the batch's: it is not any one request's)."""
+        results, gen, energy, peak = self._timed(lambda gen: backend.generate_batch(ids, gen), spec, seed, monitor)
         records = []
         for result in results:
-            stats = dict(result.stats)
-            record = {**stats}
-            record["gamma"] = gen.gamma if spec.backend not in ("target", "hf_generate") else None
-            record["seed"] = seed
-            record["greedy"] = gen.sampling.greedy
-            record["service_ttft_s"] = stats.get("ttft_s")
-            record["service_e2e_s"] = stats.get("e2e_s")
+            record = self._record(result, spec, gen, seed, peak)
             record.setdefault("batch_size", len(ids))
-            record["batch_energy_j"] = energy
-            record["energy_j"] = None  # a batch's energy is not any one request's
-            record["peak_mem_bytes"] = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
-            record["text"] = result.text
-            record["token_ids"] = list(result.token_ids)
+            record.update(batch_energy_j=energy, energy_j=None)
             records.append(record)
         return records
 
@@ -368,12 +351,28 @@ class BenchmarkRunner:
                           ttft_s=record["service_ttft_s"] + wait if record.get("service_ttft_s") is not None else None)
 
     def _measure(self, backend, spec, ids, seed, monitor, device) -> dict:
+        result, gen, energy, peak = self._timed(lambda gen: backend.generate(ids, gen), spec, seed, monitor)
+        record = self._record(result, spec, gen, seed, peak)
+        record["energy_j"] = energy
+        return record
+
+    def _timed(self, run, spec, seed, monitor):
+        """``run(generation_config)`` between two energy readings and a CUDA peak-memory reset;
+        returns (its result, the config, joules or None, peak bytes or None)."""
+        device = self.models.device
         gen = generation_config(self.config, spec, seed)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         energy_before = monitor.energy_j()
-        result = backend.generate(ids, gen)
+        result = run(gen)
         energy_after = monitor.energy_j()
+        energy = energy_after - energy_before if energy_before is not None and energy_after is not None else None
+        peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
+        return result, gen, energy, peak
+
+    @staticmethod
+    def _record(result, spec, gen, seed, peak) -> dict:
+        """One request's record: the engine's stats plus what the harness adds."""
         stats = dict(result.stats)
         record = {**stats}
         record["gamma"] = gen.gamma if spec.backend not in ("target", "hf_generate") else None
@@ -381,8 +380,7 @@ class BenchmarkRunner:
         record["greedy"] = gen.sampling.greedy
         record["service_ttft_s"] = stats.get("ttft_s")
         record["service_e2e_s"] = stats.get("e2e_s")
-        record["energy_j"] = energy_after - energy_before if energy_before is not None and energy_after is not None else None
-        record["peak_mem_bytes"] = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
+        record["peak_mem_bytes"] = peak
         record["text"] = result.text
         record["token_ids"] = list(result.token_ids)
         return record
