@@ -198,8 +198,8 @@ class BenchmarkRunner:
             (kept if length + budget <= limit else dropped).append((prompt, length))
         if dropped:
             names = ", ".join(f"{p.id} ({n} tokens)" for p, n in dropped[:5]) + (" ..." if len(dropped) > 5 else "")
-            self._print(f"left out {len(dropped)} prompt(s) that do not fit the model's context of {limit} tokens "
-                        f"with {budget} new tokens: {names}")
+            what = f"engine.max_batch_length {cap}" if cap is not None and limit == cap else f"the model's context of {limit}"
+            self._print(f"left out {len(dropped)} prompt(s) that do not fit {what} tokens with {budget} new tokens: {names}")
         if not kept:
             raise UsageError(f"no prompt fits the model's context of {limit} tokens with {budget} new tokens; "
                              "lower generation.max_tokens or pick shorter prompts")
