@@ -201,7 +201,7 @@ def _bench(args, out: Console, err: Console) -> int:
         for name, config in zip(names, configs):
             out.rule(f"[bold]{name}")
             runner = BenchmarkRunner(config, Path(args.output_base) / name, args.overwrite,
-                                     console=None if args.no_progress else err)
+                                     console=err, progress=not args.no_progress)
             metrics = runner.run()
             print_summary(out, metrics, name)
             runs.append((name, metrics))
@@ -225,7 +225,7 @@ def _bench(args, out: Console, err: Console) -> int:
     output_dir = args.output_dir or default_output_dir(config)
     if not args.output_dir:
         err.print(f"no --output-dir: results go to {output_dir} (pass that folder as --output-dir to resume)")
-    runner = BenchmarkRunner(config, output_dir, args.overwrite, console=None if args.no_progress else err)
+    runner = BenchmarkRunner(config, output_dir, args.overwrite, console=err, progress=not args.no_progress)
     metrics = runner.run()
     print_summary(out, metrics)
     out.print(f"[dim]results in {runner.results.path}[/dim]")
@@ -254,7 +254,7 @@ def _batch_sweep(args, flags: dict, out: Console, err: Console) -> int:
     for size, config in zip(sizes, configs):
         out.rule(f"[bold]batch size {size}")
         runner = BenchmarkRunner(config, Path(args.output_dir) / f"batch-{size}", args.overwrite,
-                                 console=None if args.no_progress else err)
+                                 console=err, progress=not args.no_progress)
         metrics = runner.run()
         print_summary(out, metrics, f"batch {size}")
         runs.append((size, metrics))
@@ -294,7 +294,7 @@ def _sweep(args, out: Console, err: Console) -> int:
         # A gamma sweep measures fixed draft lengths; the adaptive default would make gamma only
         # the first step's length. An explicit --draft-schedule adaptive is honoured.
         config.set("speculative.draft_schedule", "constant", "sweep")
-    runner = BenchmarkRunner(config, args.output_dir, args.overwrite, console=None if args.no_progress else err)
+    runner = BenchmarkRunner(config, args.output_dir, args.overwrite, console=err, progress=not args.no_progress)
     metrics = runner.run()
     print_summary(out, metrics)
     rows = sweep_rows(metrics)
