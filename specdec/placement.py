@@ -130,3 +130,15 @@ def layer_record(model: torch.nn.Module) -> dict:
         counts = Counter(str(d if not isinstance(d, int) else f"cuda:{d}") for d in device_map.values())
         return {"device_map": dict(sorted(counts.items())), "modules": len(device_map)}
     return {"device_map": {str(input_device(model)): "all"}, "modules": None}
+
+
+def check_offload(model: torch.nn.Module, label: str) -> None:
+    """Refuse a model accelerate could not fit on its GPUs: with no room it puts layers on the
+    CPU or on disk by itself and the model loads without an error, then decodes from there at a
+    fraction of the speed. One line instead of a silent slow run."""
+    device_map = getattr(model, "hf_device_map", None) or {}
+    elsewhere = sorted({str(d) for d in device_map.values() if str(d) in ("cpu", "disk")})
+    gpus = {d for d in device_map.values() if str(d) not in ("cpu", "disk")}
+    if elsewhere and gpus:
+        raise UsageError(f"the {label} model does not fit its GPUs' share: accelerate put layers on "
+                         f"{' and '.join(elsewhere)}; give it more GPUs (TARGET_GPU_RATIO / DRAFTER_GPU_RATIO) or a smaller dtype")

@@ -18,7 +18,7 @@ def wide_metrics() -> dict:
         "tau": 9.78, "expected_tau": 8.9, "skipped": 2, "skipped_reasons": {"does not fit the context": 2},
         "c": 0.3456, "predicted_speedup": 2.5, "efficiency": 0.94, "j_per_token": 0.1234, "peak_mem_bytes": 80 * 2**30,
     }
-    return {"summary": {"baseline": "target", "methods": {"target": dict(method, gamma=None),
+    return {"config": {"speculative": {"draft_schedule": "adaptive"}}, "summary": {"baseline": "target", "methods": {"target": dict(method, gamma=None),
                                                           "speculative:gamma=4": method}}}
 
 

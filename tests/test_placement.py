@@ -87,3 +87,21 @@ def test_auto_on_cpu_loads_and_the_record_says_where_layers_went(stories_path):
     plan = plan_placement("auto", CPU, gpus=0)
     loaded = load_model(str(stories_path), plan.target.device, "float32", **plan.target.load_kwargs())
     assert layer_record(loaded.model)["device_map"] == {"cpu": "all"}
+
+
+def test_a_model_spread_past_its_gpus_is_refused_not_run_from_disk():
+    from types import SimpleNamespace
+
+    from specdec.placement import check_offload
+
+    check_offload(SimpleNamespace(hf_device_map={"model.layers.0": 0, "lm_head": 1}), "target")  # fine
+    with pytest.raises(UsageError, match="does not fit its GPUs' share"):
+        check_offload(SimpleNamespace(hf_device_map={"model.layers.0": 0, "model.layers.1": "disk"}), "target")
+
+
+def test_ratios_under_another_strategy_are_reported_as_ignored():
+    from specdec.bench.backends import _native_ignored
+    from specdec.bench.config import load_config
+
+    config = load_config(None, {"model": "m"}, environ={"TARGET_GPU_RATIO": "6", "DRAFTER_GPU_RATIO": "2"})
+    assert any("engine.target_gpu_ratio=6" in line for line in _native_ignored(config))

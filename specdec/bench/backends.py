@@ -23,7 +23,7 @@ from ..devices import resolve_device
 from ..drafters import DraftLengthPolicy, ModelDraft, NgramDraft
 from ..engine import Engine, GenerationConfig, GenerationResult
 from ..errors import UsageError
-from ..placement import input_device, layer_record, plan_placement
+from ..placement import check_offload, input_device, layer_record, plan_placement
 from ..models import LoadedModel, check_same_tokenizer, eos_token_ids, load_model, special_token_ids
 from ..reference import hf_generate
 from .servers.checks import (check_native_load, check_server_config, is_server_backend, native_ignored_server_keys,
@@ -87,6 +87,7 @@ class Models:
             where = self.placement.target
             self._target = load_model(self.config.get("model"), where.device, self.dtype_name, log=self.log,
                                       **where.load_kwargs())
+            check_offload(self._target.model, "target")
             self.device = input_device(self._target.model)  # where the engine's inputs go
         return self._target
 
@@ -97,11 +98,12 @@ class Models:
             if not source:
                 raise UsageError("the speculative and hf_assisted methods need a draft model: "
                                  "set speculative.draft_model, DRAFTER_MODEL or --draft-model (or use ngram)")
-            if source == self.config.get("model"):
-                self._draft = self.target  # same weights: share them
+            if source == self.config.get("model") and self.placement.draft == self.placement.target:
+                self._draft = self.target  # same weights in the same place: share them
             else:
                 where = self.placement.draft
                 self._draft = load_model(source, where.device, self.dtype_name, log=self.log, **where.load_kwargs())
+                check_offload(self._draft.model, "draft")
                 check_same_tokenizer(self.target.tokenizer, self._draft.tokenizer, self.target.source, self._draft.source)
         return self._draft
 
@@ -158,6 +160,10 @@ def _native_ignored(config, batches: bool = True) -> list[str]:
     for key, is_set in checks.items():
         if is_set(config.get(key)):
             ignored.append(f"{key}={config.get(key)} (the native engine runs on one device)")
+    if config.get("engine.gpu_strategy") != "multi_gpu_ratio":
+        for key in ("engine.target_gpu_ratio", "engine.drafter_gpu_ratio"):
+            if config.get(key) != 1:
+                ignored.append(f"{key}={config.get(key)} (applies to gpu_strategy multi_gpu_ratio only)")
     for entry in config.get("speculative.unsupported") or []:
         ignored.append(f"speculative_config {entry} (the native drafters are a draft model and n-gram lookup)")
     if not batches and batch_size(config) > 1:

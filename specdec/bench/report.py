@@ -81,12 +81,18 @@ def notes(metrics: dict) -> list[str]:
     for reason, count in (metrics.get("workload_skipped") or {}).items():
         lines.append(f"workload: left out {count} record(s): {reason}")
     methods = metrics["summary"]["methods"]
+    schedule = ((metrics.get("config") or {}).get("speculative") or {}).get("draft_schedule")
     for label, s in methods.items():
         length = s.get("draft_length")
         if s.get("gamma") and length and length["min"] != length["max"]:
             # "gamma 5" with an adaptive schedule is where it started, not what it proposed.
-            lines.append(f"{label}: draft length adaptive, started at {s['gamma']}, mean {length['mean']:.1f}, "
-                         f"range {length['min']}-{length['max']}")
+            figures = f"mean {length['mean']:.1f}, range {length['min']}-{length['max']}"
+            if "ngram" in label or "lookup" in label:
+                lines.append(f"{label}: n-gram lookup proposes up to {s['gamma']} drafts, as many as it matches: {figures}")
+            elif schedule == "adaptive":
+                lines.append(f"{label}: draft length adaptive, started at {s['gamma']}, {figures}")
+            else:
+                lines.append(f"{label}: draft length {s['gamma']}, cut by the token budget at the end: {figures}")
         for reason, count in (s.get("skipped_reasons") or {}).items():
             lines.append(f"{label}: skipped {count} request(s): {reason}")
     ci_methods = {s["speedup_ci_method"] for s in methods.values() if s.get("speedup_ci_method")}

@@ -181,5 +181,8 @@ def _changed_keys(old: dict, new: dict, prefix: str = "") -> list[str]:
             changed.append(f"{prefix}{key}: {a!r} -> {b!r}")
     from .config import HASH_EXEMPT
 
-    return [c for c in changed if c.split(":")[0] not in HASH_EXEMPT]
+    exempt = set(HASH_EXEMPT)
+    if ((new.get("load") or {}).get("mode") or "fixed") != "fixed" and not prefix:
+        exempt.discard("workload.num_prompts")  # under load it is part of the run's identity
+    return [c for c in changed if c.split(":")[0] not in exempt]
 
