@@ -125,3 +125,17 @@ def test_vllm_shaped_speculative_config_maps_onto_the_native_drafters(tmp_path):
                      "prompt_lookup_min: 2}\n", encoding="utf-8")
     config = load_config(str(ngram), environ={})
     assert (config.get("speculative.method"), config.get("speculative.ngram_max"), config.get("speculative.ngram_min")) == ("ngram", 4, 2)
+
+
+def test_s3_config_drafts_a_constant_length_and_refuses_a_method_it_cannot_run(tmp_path):
+    """#13 item 7 follow-up: vLLM drafts num_speculative_tokens every step, so the S3 shape gets
+    the constant schedule (not the adaptive default, where gamma is only the first length); a
+    method with no native drafter is refused instead of running another drafter under its name."""
+    f = tmp_path / "s3.yaml"
+    f.write_text("model: T\nspeculative_config: {method: draft_model, model: D, num_speculative_tokens: 5}\n")
+    assert load_config(str(f), environ={}).get("speculative.draft_schedule") == "constant"
+    f.write_text("model: T\nspeculative: {draft_schedule: adaptive}\nspeculative_config: {model: D}\n")
+    assert load_config(str(f), environ={}).get("speculative.draft_schedule") == "adaptive"
+    f.write_text("model: T\nspeculative_config: {method: eagle, model: E, num_speculative_tokens: 5}\n")
+    with pytest.raises(UsageError, match="method 'eagle' has no native drafter"):
+        load_config(str(f), environ={})

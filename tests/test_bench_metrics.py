@@ -63,3 +63,14 @@ def test_bootstrap_resamples_conversations_not_turns():
     clustered = geomean_ci(ratios, 4000, 0, clusters=clusters)
     assert naive["geomean"] == clustered["geomean"] and clustered["clusters"] == 6
     assert clustered["ci_high"] - clustered["ci_low"] > 1.5 * (naive["ci_high"] - naive["ci_low"])
+
+
+def test_poisson_reuses_of_a_prompt_share_its_bootstrap_cluster():
+    """#13 item 5 follow-up: a Poisson schedule serves prompt y again as y~1; that reuse is a
+    repeat of y (correlated), so the interval counts 2 clusters here, not 3."""
+    def rec(method, pid, e2e):
+        return {"method": method, "prompt_id": pid, "turn": 1, "repeat": 0, "service_e2e_s": e2e, "new_tokens": 8}
+
+    base = [rec("target", p, 1.0) for p in ("x", "y", "y~1")]
+    spec = [rec("s", p, 0.5 if p == "x" else 0.4) for p in ("x", "y", "y~1")]
+    assert paired_speedup(base, spec, resamples=200)["speedup_ci_method"].startswith("cluster bootstrap over 2 prompts")

@@ -250,9 +250,9 @@ def from_s3_shape(data: dict, where: str) -> dict:
     unsupported = []
     for key, value in block.items():
         if key == "method":
-            if value not in S3_METHODS:
-                unsupported.append(f"method={value}")
-                continue
+            if value not in S3_METHODS:  # running another drafter under its name would mislabel every figure
+                raise UsageError(f"{where}: speculative_config.method {value!r} has no native drafter; use draft_model "
+                                 "or ngram, or run it on a vLLM server (engine.backend vllm / openai)")
             speculative["method"] = S3_METHODS[value]
         elif key in S3_SPECULATIVE:
             speculative[S3_SPECULATIVE[key]] = value
@@ -260,6 +260,9 @@ def from_s3_shape(data: dict, where: str) -> dict:
             unsupported.append(f"{key}={value}")
     if "method" not in block and "model" in block:
         speculative["method"] = "model"
+    # vLLM drafts num_speculative_tokens every step: the constant schedule measures the same thing
+    # (an explicit speculative: {draft_schedule: ...} in the file still wins)
+    speculative.setdefault("draft_schedule", "constant")
     if unsupported:
         speculative["unsupported"] = unsupported
     data["speculative"] = speculative

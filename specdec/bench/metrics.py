@@ -82,6 +82,12 @@ def _sum(records, key):
     return sum(v for v in values if v is not None) if any(v is not None for v in values) else None
 
 
+def conversation_of(prompt_id) -> str:
+    """The prompt a request's id belongs to: without the ``~k`` a Poisson schedule appends when it
+    serves the same prompt again (a reuse is a repeat of that prompt, correlated with it)."""
+    return str(prompt_id).split("~", 1)[0]
+
+
 def pair_key(record) -> tuple:
     return (str(record["prompt_id"]), int(record["turn"]), int(record["repeat"]))
 
@@ -256,8 +262,10 @@ def paired_speedup(baseline, method, resamples: int = 2000, seed: int = 0) -> di
         if ratio:
             by_prompt[(b["prompt_id"], b["turn"])].append(ratio)
             by_repeat[b["repeat"]].append(ratio)
-    # Turns of one conversation share a cluster: the interval resamples prompts, not turns.
-    ci = geomean_ci([median(v) for v in by_prompt.values()], resamples, seed, clusters=[p for p, _ in by_prompt])
+    # Turns of one conversation, and the reuses ``id~k`` of one prompt under Poisson load, share
+    # a cluster: the interval resamples prompts, not turns or reuses.
+    ci = geomean_ci([median(v) for v in by_prompt.values()], resamples, seed,
+                    clusters=[conversation_of(p) for p, _ in by_prompt])
     ratios = [median(v) for v in by_prompt.values()]
     b_tokens = sum(b["new_tokens"] for b, _ in pairs)
     m_tokens = sum(m["new_tokens"] for _, m in pairs)
