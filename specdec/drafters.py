@@ -223,6 +223,7 @@ class ModelDraft(Drafter):
     def select_rows(self, rows: list[int]) -> None:
         self.runner.select_rows(rows)
         self.cached_ids = [self.cached_ids[r] for r in rows]
+        self._known = [self._known[r] for r in rows]
         if self._fed_host is not None:
             self._fed_host = [self._fed_host[r] for r in rows]
         elif self._fed is not None:
@@ -230,11 +231,13 @@ class ModelDraft(Drafter):
         self.length_policy.select_rows(rows)
 
     @staticmethod
-    def _shared_prefix(cached: list[int], context: list[int]) -> int:
+    def _shared_prefix(cached: list[int], context: list[int], known: int = 0) -> int:
         """Length of the longest common prefix (the draft tokens the target accepted stay
-        cached; the first rejected one and everything after it go)."""
+        cached; the first rejected one and everything after it go). ``known``: a length
+        already found equal (both lists only change after it), where the comparison starts,
+        so a step costs O(gamma), not O(context)."""
         limit = min(len(cached), len(context))
-        for position in range(limit):
+        for position in range(min(known, limit), limit):
             if cached[position] != context[position]:
                 return position
         return limit
@@ -250,6 +253,7 @@ class ModelDraft(Drafter):
                 if self.runner.graphs is not None:
                     self.runner.graphs.invalidate()  # the head's extra ids are new tensors
             self.cached_ids = [list(c) for c in contexts]
+            self._known = [0] * len(contexts)
             return self.runner.start([list(c) for c in contexts], self.extra_slots, clock=self.timer)
         if self._fed is not None:
             fed = self._fed_host if self._fed_host is not None else self._fed.tolist()
@@ -257,8 +261,9 @@ class ModelDraft(Drafter):
                 cached.extend(row_fed)
             self._fed, self._fed_host = None, None
         # Keep at least the last context token out of the cache: its logits start the draft.
-        valid = [min(self._shared_prefix(cached, context), len(context) - 1)
-                 for cached, context in zip(self.cached_ids, contexts)]
+        valid = [min(self._shared_prefix(cached, context, known), len(context) - 1)
+                 for cached, context, known in zip(self.cached_ids, contexts, self._known)]
+        self._known = list(valid)
         self.runner.truncate(valid)
         feeds = [context[n:] for context, n in zip(contexts, valid)]
         for cached, n, feed in zip(self.cached_ids, valid, feeds):
