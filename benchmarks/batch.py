@@ -43,6 +43,8 @@ def parse_args(argv=None):
     p.add_argument("--draft", default=str(FIXTURES / "qwen-coder-0.5b" / "hf-bfloat16"), help="draft model folder or id")
     p.add_argument("--drafter", choices=["model", "ngram"], default="model", help="draft model or n-gram lookup")
     p.add_argument("--schedule", choices=["constant", "adaptive"], default="adaptive", help="draft length schedule")
+    p.add_argument("--gate", action=argparse.BooleanOptionalAction, default=True,
+                   help="adaptive schedule: draft length 0 while drafting steps lose to plain ones (specdec.draft_gate)")
     p.add_argument("--gamma", type=int, default=4, help="draft tokens per step (the first step's, when adaptive)")
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 4, 16], help="batch sizes to measure")
     p.add_argument("--prompts", type=int, default=16, help="prompts (the same ones at every batch size)")
@@ -94,7 +96,7 @@ def main(argv=None) -> int:
     def make_drafter():
         if args.drafter == "ngram":
             return NgramDraft()
-        policy = DraftLengthPolicy(args.schedule, 0.4 if args.schedule == "adaptive" else 0.0)
+        policy = DraftLengthPolicy(args.schedule, 0.4 if args.schedule == "adaptive" else 0.0, gate=args.gate)
         return ModelDraft(draft.model, vocab, policy, keep_ids=special_token_ids(target.model, tokenizer))
 
     prompts = load_prompts(args.dataset, args.prompts, tokenizer)
@@ -107,16 +109,20 @@ def main(argv=None) -> int:
     rows = []
     for size in args.batch_sizes:
         batches = [prompts[i:i + size] for i in range(0, len(prompts), size)]
+        # One drafter per size, as a server keeps one: its draft gate's plain-step timings
+        # carry over from batch to batch (the warm-up measures them).
+        drafter = make_drafter()
         engine.generate_batch(batches[0], config, None)  # warm-up of each arm at this size
-        engine.generate_batch(batches[0], config, make_drafter())
+        engine.generate_batch(batches[0], config, drafter)
         totals = {"ar": [0, 0.0], "spec": [0, 0.0]}
         ratios, accepted, rejections, steps, tokens_from_steps, identical = [], 0, 0, 0, 0, 0
+        plain_steps = 0
         for index, batch in enumerate(batches):
             order = ["ar", "spec"] if index % 2 == 0 else ["spec", "ar"]
             seconds = {}
             outputs = {}
             for arm in order:
-                results = engine.generate_batch(batch, config, make_drafter() if arm == "spec" else None)
+                results = engine.generate_batch(batch, config, drafter if arm == "spec" else None)
                 seconds[arm] = results[0].stats["batch_e2e_s"]
                 totals[arm][0] += results[0].stats["batch_new_tokens"]
                 totals[arm][1] += seconds[arm]
@@ -129,6 +135,7 @@ def main(argv=None) -> int:
                 accepted += spec.stats["accepted"]
                 rejections += spec.stats["rejections"]
                 steps += spec.stats["steps"]
+                plain_steps += spec.stats["proposal_lengths"].get("0", 0)
                 tokens_from_steps += spec.stats["new_tokens"] - 1
         row = {
             "batch_size": size,
@@ -141,11 +148,13 @@ def main(argv=None) -> int:
             "alpha": accepted / (accepted + rejections) if accepted + rejections else None,
             "tau": tokens_from_steps / steps if steps else None,
             "identical_rows": f"{identical}/{len(prompts)}",
+            # Steps that drafted nothing (the draft gate closed, a probe, or the token budget).
+            "plain_step_share": plain_steps / steps if steps else None,
         }
         rows.append(row)
         print(f"batch {size:3d}: AR {row['ar_tokens_per_s']:7.2f} tok/s  speculative {row['spec_tokens_per_s']:7.2f} tok/s  "
               f"speedup {row['speedup']:.2f}x ({row['speedup_min']:.2f}..{row['speedup_max']:.2f})  "
-              f"alpha {row['alpha'] or 0:.3f}  tau {row['tau'] or 0:.2f}  rows = batch-1 output {row['identical_rows']}",
+              f"alpha {row['alpha'] or 0:.3f}  tau {row['tau'] or 0:.2f}  plain steps {row['plain_step_share'] or 0:.0%}  rows = batch-1 output {row['identical_rows']}",
               flush=True)
         if args.report:
             Path(args.report).write_text(json.dumps({"args": vars(args), "rows": rows}, indent=2))
@@ -153,7 +162,8 @@ def main(argv=None) -> int:
     if slow:
         print(f"speculation is a slowdown at batch size {', '.join(map(str, slow))}: the autoregressive baseline is faster there")
     print("tokens/s = summed new tokens of all rows / summed batch wall time; speedup = AR batch time / speculative "
-          "batch time per batch, geometric mean (min..max); tau = new tokens per verification step.")
+          "batch time per batch, geometric mean (min..max); tau = new tokens per verification step; plain steps = "
+          "share of a row's steps that drafted nothing (draft gate closed or probing, or the last token).")
     return 0
 
 

@@ -71,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--draft_schedule", choices=("constant", "adaptive"), default=DEFAULT_DRAFT_SCHEDULE,
                         help="adaptive (default): gamma is the first step's draft length, then it follows acceptance "
                         "and the draft's confidence; constant: always gamma drafts")
+    parser.add_argument("--draft_gate", action=argparse.BooleanOptionalAction, default=True,
+                        help="adaptive schedule, greedy: draft nothing while drafting steps are slower per token "
+                        "than plain decode steps, retrying later (default: on)")
     parser.add_argument("--ngram_max", type=int, default=3, help="longest n-gram to look up (drafter ngram)")
     parser.add_argument("--ngram_match", choices=("earliest", "latest"), default="earliest",
                         help="which earlier occurrence of the n-gram to continue from (drafter ngram)")
@@ -115,6 +118,7 @@ def settings_from_args(args: argparse.Namespace) -> dict:
         dtype=args.dtype,
         drafter=args.drafter,
         draft_schedule=args.draft_schedule,
+        draft_gate=args.draft_gate,
         ngram_max=args.ngram_max,
         ngram_match=args.ngram_match,
         stop_strings=tuple(args.stop),

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .draft_gate import DraftGate
 from .draft_head import DEFAULT_DRAFT_VOCAB, with_subset_head
 from .prepack import decode_model
 from .runners import ForwardClock, ModelRunner
@@ -87,6 +88,19 @@ class Drafter(ABC):
         """How many tokens to propose next for ``row``, given the configured ``gamma``."""
         return gamma
 
+    def drafts_now(self, batch_rows: int) -> bool:
+        """Whether this step drafts at all (False: every row's draft length is 0 and the step
+        is a plain decode step); see :mod:`specdec.draft_gate`."""
+        return True
+
+    def observe_step(self, batch_rows: int, live_rows: int, drafted: bool, tokens: int, seconds: float) -> None:
+        """A finished step of the batch: whether it drafted, the tokens its live rows kept and
+        its wall seconds (for the draft gate)."""
+
+    def gate_report(self) -> dict | None:
+        """What the draft gate did this generation, or None without a gate."""
+        return None
+
     @property
     def forwards(self) -> int:
         """Forward passes of the draft model in this generation (0 for model-free drafters)."""
@@ -110,13 +124,16 @@ class DraftLengthPolicy:
 
     ``constant``: always gamma.
     ``adaptive``: starts at gamma; +2 after a step where every draft was accepted, -1 after a
-    step with a rejection (transformers' "heuristic" schedule), within [1, max_gamma]; and the
+    step with a rejection (transformers' "heuristic" schedule), within [1, max_gamma]; the
     drafter stops early inside a step when its own probability for the token it just drafted
     falls below ``confidence_threshold`` (a token it is unsure of is likely to be rejected,
-    and every draft token after it is wasted draft time).
+    and every draft token after it is wasted draft time); and, with ``gate`` (the default),
+    the length drops to 0 for the whole batch while drafting steps yield fewer tokens per
+    second than plain decode steps (:class:`~specdec.draft_gate.DraftGate`).
     """
 
-    def __init__(self, mode: str = "constant", confidence_threshold: float = 0.0, max_gamma: int = 16) -> None:
+    def __init__(self, mode: str = "constant", confidence_threshold: float = 0.0, max_gamma: int = 16,
+                 gate: bool = True) -> None:
         if mode not in ("constant", "adaptive"):
             from .errors import UsageError
 
@@ -125,9 +142,12 @@ class DraftLengthPolicy:
         self.confidence_threshold = confidence_threshold if mode == "adaptive" else 0.0
         self.max_gamma = max_gamma
         self.current: dict[int, int] = {}
+        self.gate = DraftGate() if gate and mode == "adaptive" else None
 
     def reset(self) -> None:
         self.current = {}
+        if self.gate is not None:
+            self.gate.reset()
 
     def length(self, gamma: int, row: int = 0) -> int:
         if self.mode == "constant":
@@ -216,6 +236,18 @@ class ModelDraft(Drafter):
 
     def observe(self, row: int, proposed: int, accepted: int) -> None:
         self.length_policy.observe(proposed, accepted, row)
+
+    def drafts_now(self, batch_rows: int) -> bool:
+        gate = self.length_policy.gate
+        return gate is None or gate.drafts_now(batch_rows)
+
+    def observe_step(self, batch_rows: int, live_rows: int, drafted: bool, tokens: int, seconds: float) -> None:
+        if self.length_policy.gate is not None:
+            self.length_policy.gate.observe(batch_rows, live_rows, drafted, tokens, seconds)
+
+    def gate_report(self) -> dict | None:
+        gate = self.length_policy.gate
+        return gate.report() if gate is not None else None
 
     def record_drafts(self, drafts: list[list[int]]) -> None:
         self._fed_host = [row[:-1] for row in drafts]

@@ -243,9 +243,16 @@ class Engine:
 
     def _speculative_step(self, runner, drafter, rows, in_batch, last, sampling, generator, config) -> torch.Tensor:
         """Draft, verify every row in one target forward, keep what each row accepted."""
+        step_started, capture_before = time.perf_counter(), self._capture_seconds(runner, drafter)
         live = [not rows[r].finished for r in in_batch]
+        # The draft gate may make this a plain step (every length 0) where drafting has not paid.
+        # Greedy only: its choices follow wall-clock time, and under sampling they would change
+        # which random numbers a step draws, so a seeded generation would not repeat exactly.
+        gated = sampling.greedy
+        drafting = drafter.drafts_now(len(in_batch)) if gated else True
         budgets = [
-            min(drafter.next_length(config.gamma, i), config.max_new_tokens - len(rows[r].generated) - 1) if on else 0
+            min(drafter.next_length(config.gamma, i), config.max_new_tokens - len(rows[r].generated) - 1)
+            if on and drafting else 0
             for i, (r, on) in enumerate(zip(in_batch, live))
         ]
         proposal = raw = None
@@ -271,7 +278,7 @@ class Engine:
         decided = torch.cat([accepted.unsqueeze(1), next_token.unsqueeze(1), draft_lengths.unsqueeze(1),
                              raw.tokens.to(self.device) if raw is not None else drafts], dim=1).tolist()
         now = time.perf_counter()
-        keep, drafts_host = [], []
+        keep, drafts_host, step_tokens = [], [], 0
         for index, (r, on) in enumerate(zip(in_batch, live)):
             n_accepted, token, proposed, *row_drafts = decided[index]
             drafts_host.append(row_drafts)
@@ -280,14 +287,23 @@ class Engine:
                 keep.append(before[index])
                 continue
             kept = rows[r].take(row_drafts[:n_accepted] + [token], now)
+            step_tokens += kept
             rows[r].steps.record(proposed, n_accepted, kept)
             drafter.observe(index, proposed, n_accepted)
             # The cache keeps the fed last token and the accepted drafts.
             keep.append(before[index] + 1 + n_accepted)
+        step_seconds = now - step_started - (self._capture_seconds(runner, drafter) - capture_before)
+        if gated:
+            drafter.observe_step(len(in_batch), sum(live), width > 0, step_tokens, step_seconds)
         runner.truncate(keep)
         if raw is not None:
             drafter.record_drafts(drafts_host)
         return next_token
+
+    @staticmethod
+    def _capture_seconds(runner, drafter) -> float:
+        """CUDA-graph capture seconds so far (target and draft; host-side, no sync)."""
+        return runner.clock.capture_seconds + (drafter.timer.capture_seconds if drafter.timer is not None else 0.0)
 
     def _host_lengths(self, proposal: Proposal | None, budgets: list[int]) -> list[int]:
         """Each row's draft count for laying out the target forward: exact when the drafter
@@ -347,6 +363,8 @@ class Engine:
             "target_decode_s": clock.decode_seconds,
             "draft_prefill_s": drafter.timer.prefill_seconds if speculative and drafter.timer else 0.0,
             "draft_decode_s": drafter.timer.decode_seconds if speculative and drafter.timer else 0.0,
+            # What the draft gate did (shared by the batch): plain steps where drafting lost.
+            "draft_gate": drafter.gate_report() if speculative and config.sampling.greedy else None,
             "graph_capture_s": clock.capture_seconds + (drafter.timer.capture_seconds if speculative and drafter.timer else 0.0),
             **latency_summary(started, first_token_at, row.finished_at, len(row.generated)),
         }

@@ -49,6 +49,9 @@ class SpeculativeDecoder:
     draft_schedule: "adaptive" (default: +2 after a fully accepted step, -1 after a rejection,
         and the draft stops when its probability of its own token drops below
         ``confidence_threshold``) or "constant" (always gamma).
+    draft_gate: with the adaptive schedule and greedy decoding, drop the draft length to 0
+        (plain decode steps) while drafting steps yield fewer tokens per second than plain
+        ones, and retry later (:mod:`specdec.draft_gate`); False keeps at least 1 draft a step.
     ngram_max / ngram_min / ngram_match: n-gram sizes prompt lookup tries, and which earlier
         occurrence it continues from ("earliest", the default, or "latest").
     tokenizer / draft_tokenizer: needed when passing model objects instead of names.
@@ -77,6 +80,7 @@ class SpeculativeDecoder:
         drafter: str = "model",
         draft_schedule: str = DEFAULT_DRAFT_SCHEDULE,
         confidence_threshold: float = DEFAULT_CONFIDENCE_THRESHOLD,
+        draft_gate: bool = True,
         ngram_max: int = 3,
         ngram_min: int = 1,
         ngram_match: str = "earliest",
@@ -112,7 +116,7 @@ class SpeculativeDecoder:
         if drafter == "model":
             self.draft = load_model(approx_model_name, self.device, dtype, draft_tokenizer or tokenizer, log)
             check_same_tokenizer(self.target.tokenizer, self.draft.tokenizer, self.target.source, self.draft.source)
-            policy = DraftLengthPolicy(draft_schedule, confidence_threshold)
+            policy = DraftLengthPolicy(draft_schedule, confidence_threshold, gate=draft_gate)
             keep_ids = special_token_ids(self.target.model, self.target.tokenizer)
             self.drafter = ModelDraft(
                 self.draft.model, self.engine.vocab_size, policy, prepack=prepack, draft_vocab=draft_vocab, keep_ids=keep_ids

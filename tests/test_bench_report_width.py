@@ -32,3 +32,17 @@ def test_adaptive_draft_length_is_reported_as_start_mean_and_range():
     lines = notes(wide_metrics())
     assert "speculative:gamma=4: draft length adaptive, started at 5, mean 7.3, range 1-16" in lines
     assert any("skipped 2 request(s)" in line for line in lines)
+
+
+def test_steps_that_drafted_nothing_are_named_with_their_share():
+    metrics = wide_metrics()
+    metrics["summary"]["methods"]["speculative:gamma=4"]["draft_length"] = {"mean": 1.2, "min": 0, "max": 9,
+                                                                            "plain_share": 0.35}
+    line = next(line for line in notes(metrics) if line.startswith("speculative:gamma=4: draft length"))
+    assert "range 0-9; 35% of steps drafted nothing (the draft gate" in line
+
+
+def test_draft_length_summary_counts_plain_steps():
+    from specdec.bench.metrics import draft_length_summary
+
+    assert draft_length_summary({"0": 7, "2": 3}) == {"mean": 0.6, "min": 0, "max": 2, "plain_share": 0.7}

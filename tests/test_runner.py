@@ -190,3 +190,22 @@ def test_sliding_window_model_refuses_a_batch_with_one_line():
     engine = Engine(tiny_mistral(0), IdTokenizer(64), CPU, eos_token_ids=set())
     with pytest.raises(UsageError, match="sliding-window"):
         engine.generate_batch([[1, 2, 3], [4, 5]], GenerationConfig(max_new_tokens=4, sampling=GREEDY))
+
+
+def test_forwards_wider_than_the_graph_limit_run_eagerly_and_are_never_captured():
+    """A draft catching up after the draft gate held it feeds many tokens at once: such
+    forwards must not capture a CUDA graph per length (routing only; no CUDA needed)."""
+    from specdec.runners.cuda_graphs import MAX_GRAPH_WIDTH, GraphedDecode
+    from specdec.runners.timing import ForwardClock
+
+    clock = ForwardClock(torch.device("cpu"))
+    graphed = GraphedDecode(model=None, clock=clock)
+    captured = []
+    graphed._capture = lambda key, *args: captured.append(key) or torch.zeros(1)
+    graphed._eager = lambda tokens, *args: torch.ones(tokens.shape)
+    cache = object()
+    for width in (1, 5, MAX_GRAPH_WIDTH, MAX_GRAPH_WIDTH + 1, 200):
+        tokens = torch.zeros(2, width, dtype=torch.long)
+        graphed.run(tokens, None, None, torch.zeros(2, 1, width, 512), cache)
+    assert captured == [(2, 1, 512), (2, 5, 512), (2, MAX_GRAPH_WIDTH, 512)]
+    assert clock.by_width().keys() == {MAX_GRAPH_WIDTH + 1, 200}  # the eager ones, timed as decode forwards

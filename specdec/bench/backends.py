@@ -198,7 +198,8 @@ class NativeBackend:
                                            match=self.config.get("speculative.ngram_match"))
             else:
                 policy = DraftLengthPolicy(self.config.get("speculative.draft_schedule"),
-                                           self.config.get("speculative.confidence_threshold"))
+                                           self.config.get("speculative.confidence_threshold"),
+                                           gate=self.config.get("speculative.draft_gate"))
                 self._drafter = ModelDraft(
                     self.models.draft.model, self.models.vocab_size, policy,
                     prepack=self.config.get("engine.prepack"), draft_vocab=self.config.get("speculative.draft_vocab"),

@@ -33,6 +33,7 @@ FLAG_KEYS = {
     "ngram_max": "speculative.ngram_max",
     "ngram_min": "speculative.ngram_min",
     "draft_schedule": "speculative.draft_schedule",
+    "draft_gate": "speculative.draft_gate",
     "benchmark": "workload.benchmark",
     "num_prompts": "workload.num_prompts",
     "category": "workload.category",
@@ -96,6 +97,9 @@ def _parser(command: str) -> argparse.ArgumentParser:
     p.add_argument("--ngram-min", type=int, help="n-gram drafting: shortest n-gram matched")
     p.add_argument("--draft-schedule", choices=("constant", "adaptive"),
                    help="draft length: constant gamma, or adaptive (starts at gamma, follows acceptance)")
+    p.add_argument("--draft-gate", action=argparse.BooleanOptionalAction, default=None,
+                   help="adaptive schedule, greedy: draft nothing while drafting steps are slower per token than "
+                   "plain decode steps (default: on)")
     p.add_argument("--num-prompts", type=int, help="use at most this many prompts")
     p.add_argument("--category", action="append", help="keep only this category (repeatable)")
     p.add_argument("--shuffle", action="store_true", default=None, help="shuffle prompts (workload.seed) before --num-prompts")

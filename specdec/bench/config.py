@@ -40,6 +40,7 @@ FIELDS: dict[str, tuple[Any, Any, str]] = {
     "speculative.ngram_match": (str, "earliest", "n-gram drafting continues from the earliest or latest match"),
     "speculative.draft_schedule": (str, DEFAULT_DRAFT_SCHEDULE, "adaptive (default) or constant draft length"),
     "speculative.confidence_threshold": (float, DEFAULT_CONFIDENCE_THRESHOLD, "adaptive schedule: stop drafting below this draft probability"),
+    "speculative.draft_gate": (bool, True, "adaptive schedule, greedy: draft length 0 while drafting steps are slower per token than plain ones"),
     "speculative.unsupported": ("list", [], "speculative_config entries (S3 shape) the native drafters cannot honour; reported"),
     "speculative.draft_vocab": (int, DEFAULT_DRAFT_VOCAB, "draft scores only this many frequent ids (+ prompt's) when the vocabulary is over twice as large; 0 = all"),
     "engine.prepack": (bool, True, "CPU bf16/fp16: decode on oneDNN-prepacked weights where bit-identical"),

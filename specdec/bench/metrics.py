@@ -177,12 +177,14 @@ def leviathan(alpha, gamma, c, proposal_lengths) -> dict:
 
 
 def draft_length_summary(proposal_lengths) -> dict | None:
-    """Mean, min and max drafts per step from the histogram {g: steps} (None without one)."""
+    """Mean, min and max drafts per step from the histogram {g: steps}, and the share of steps
+    that drafted nothing (the draft gate's plain steps, a row's last token); None without one."""
     if not proposal_lengths:
         return None
     histogram = {int(g): n for g, n in proposal_lengths.items() if n}
     steps = sum(histogram.values())
-    return {"mean": sum(g * n for g, n in histogram.items()) / steps, "min": min(histogram), "max": max(histogram)}
+    return {"mean": sum(g * n for g, n in histogram.items()) / steps, "min": min(histogram), "max": max(histogram),
+            "plain_share": histogram.get(0, 0) / steps}
 
 
 def _batch_tokens_per_s(records, new_tokens, service) -> float | None:

@@ -90,7 +90,10 @@ def notes(metrics: dict) -> list[str]:
             if "ngram" in label or "lookup" in label:
                 lines.append(f"{label}: n-gram lookup proposes up to {s['gamma']} drafts, as many as it matches: {figures}")
             elif schedule == "adaptive":
-                lines.append(f"{label}: draft length adaptive, started at {s['gamma']}, {figures}")
+                plain = length.get("plain_share") or 0.0
+                gate = (f"; {plain:.0%} of steps drafted nothing (the draft gate, where drafting steps were slower "
+                        "per token than plain ones, and a last token)" if plain >= 0.005 else "")
+                lines.append(f"{label}: draft length adaptive, started at {s['gamma']}, {figures}{gate}")
             else:
                 lines.append(f"{label}: draft length {s['gamma']}, cut by the token budget at the end: {figures}")
         for reason, count in (s.get("skipped_reasons") or {}).items():

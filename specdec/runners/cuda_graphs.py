@@ -23,16 +23,25 @@ import time
 import torch
 
 
+#: Widest decode forward captured as a graph (tokens per row): every draft window fits. Wider
+#: ones (a draft catching up on the tokens decoded while the draft gate held it) run eagerly:
+#: a graph per catch-up length would capture one for nearly every length, at a cost in
+#: capture time and graph memory that a rare forward never earns back.
+MAX_GRAPH_WIDTH = 32
+
+
 class GraphedDecode:
     """Decode forwards of ``model`` replayed from CUDA graphs, one per (batch, width).
 
     clock: the runner's :class:`~specdec.runners.timing.ForwardClock` (replays are timed as
         decode forwards, captures as ``capture_seconds``).
+    max_width: forwards wider than this run eagerly (see ``MAX_GRAPH_WIDTH``).
     """
 
-    def __init__(self, model: torch.nn.Module, clock) -> None:
+    def __init__(self, model: torch.nn.Module, clock, max_width: int = MAX_GRAPH_WIDTH) -> None:
         self.model = model
         self.clock = clock
+        self.max_width = max_width
         self.graphs: dict[tuple, tuple] = {}
         self.pool = None
         self.disabled_reason: str | None = None
@@ -42,21 +51,26 @@ class GraphedDecode:
         """Forget every graph (the model's tensors changed, e.g. a draft head's extra ids)."""
         self.graphs.clear()
 
+    def captures(self, width: int) -> bool:
+        """Whether a forward of ``width`` tokens per row runs from a graph (else eagerly)."""
+        return self.disabled_reason is None and width <= self.max_width
+
     def run(self, tokens, positions, cache_position, mask, cache) -> torch.Tensor:
         """Logits [batch, width, vocab] of one decode forward (a fresh tensor)."""
         width = tokens.shape[1]
-        if self.disabled_reason is None and id(cache) != self._cache_id:
-            self.graphs.clear()  # graphs hold the old cache's addresses
-            self._cache_id = id(cache)
         key = (tokens.shape[0], width, mask.shape[-1])
-        if self.disabled_reason is None and key not in self.graphs:
-            try:
-                return self._capture(key, tokens, positions, cache_position, mask, cache)
-            except Exception as error:  # noqa: BLE001 - any failure means: run eagerly
-                self.disabled_reason = f"{type(error).__name__}: {error}".splitlines()[0][:200]
-                print(f"specdec: warning: CUDA graph capture failed ({self.disabled_reason}); "
-                      "decoding with eager forwards", file=sys.stderr)
-        if self.disabled_reason is not None:
+        if self.captures(width):
+            if id(cache) != self._cache_id:
+                self.graphs.clear()  # graphs hold the old cache's addresses
+                self._cache_id = id(cache)
+            if key not in self.graphs:
+                try:
+                    return self._capture(key, tokens, positions, cache_position, mask, cache)
+                except Exception as error:  # noqa: BLE001 - any failure means: run eagerly
+                    self.disabled_reason = f"{type(error).__name__}: {error}".splitlines()[0][:200]
+                    print(f"specdec: warning: CUDA graph capture failed ({self.disabled_reason}); "
+                          "decoding with eager forwards", file=sys.stderr)
+        if not self.captures(width):
             with self.clock.span(width):
                 return self._eager(tokens, positions, cache_position, mask, cache)
         graph, inputs, output = self.graphs[key]
