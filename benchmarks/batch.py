@@ -26,12 +26,12 @@ from pathlib import Path
 
 import torch
 
-from specdec.drafters import DraftLengthPolicy, ModelDraft, NgramDraft
+from specdec.engine.drafters import DraftLengthPolicy, ModelDraft, NgramDraft
 from specdec.engine import Engine, GenerationConfig
-from specdec.devices import cpu_model_name
+from specdec.runners.devices import cpu_model_name
 from specdec.errors import UsageError
-from specdec.models import check_same_tokenizer, eos_token_ids, load_model, special_token_ids
-from specdec.sampling import GREEDY
+from specdec.models.loading import check_same_tokenizer, eos_token_ids, load_model, special_token_ids
+from specdec.engine.sampling import GREEDY
 
 FIXTURES = Path(os.environ.get("SPECDEC_FIXTURES", Path.home() / ".cache" / "specdec-fixtures"))
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
@@ -44,7 +44,7 @@ def parse_args(argv=None):
     p.add_argument("--drafter", choices=["model", "ngram"], default="model", help="draft model or n-gram lookup")
     p.add_argument("--schedule", choices=["constant", "adaptive"], default="adaptive", help="draft length schedule")
     p.add_argument("--gate", action=argparse.BooleanOptionalAction, default=True,
-                   help="adaptive schedule: draft length 0 while drafting steps lose to plain ones (specdec.draft_gate)")
+                   help="adaptive schedule: draft length 0 while drafting steps lose to plain ones (specdec.engine.draft_gate)")
     p.add_argument("--gamma", type=int, default=4, help="draft tokens per step (the first step's, when adaptive)")
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 4, 16], help="batch sizes to measure")
     p.add_argument("--prompts", type=int, default=16, help="prompts (the same ones at every batch size)")

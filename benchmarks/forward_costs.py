@@ -20,10 +20,10 @@ from pathlib import Path
 
 import torch
 
-from specdec.cache import KVCache
-from specdec.forward import forward_logits
-from specdec.models import load_model
-from specdec.prepack import decode_model
+from specdec.runners.cache import KVCache
+from specdec.runners.forward import forward_logits
+from specdec.models.loading import load_model
+from specdec.runners.prepack import decode_model
 
 FIXTURES = Path(os.environ.get("SPECDEC_FIXTURES", Path.home() / ".cache" / "specdec-fixtures"))
 

@@ -43,14 +43,14 @@ from pathlib import Path
 
 import torch
 
-from specdec.devices import device_name, resolve_device, synchronized_clock
-from specdec.draft_head import DEFAULT_DRAFT_VOCAB
-from specdec.drafters import DEFAULT_CONFIDENCE_THRESHOLD, DraftLengthPolicy, ModelDraft, NgramDraft
-from specdec.engine import Engine, GenerationConfig, context_limit
+from specdec.runners.devices import device_name, resolve_device, synchronized_clock
+from specdec.runners.draft_head import DEFAULT_DRAFT_VOCAB
+from specdec.engine.drafters import DEFAULT_CONFIDENCE_THRESHOLD, DraftLengthPolicy, ModelDraft, NgramDraft
+from specdec.engine.loop import Engine, GenerationConfig, context_limit
 from specdec.errors import SpecdecError, UsageError
-from specdec.models import check_same_tokenizer, eos_token_ids, load_model, quiet_transformers, resolve_dtype, special_token_ids
+from specdec.models.loading import check_same_tokenizer, eos_token_ids, load_model, quiet_transformers, resolve_dtype, special_token_ids
 from specdec.runners import ForwardClock, ModelRunner
-from specdec.sampling import GREEDY
+from specdec.engine.sampling import GREEDY
 
 from gpu_summary import print_heading, print_results, summarize  # beside this script
 
@@ -65,7 +65,7 @@ ARMS = {
     "sd-ngram": "specdec speculative, n-gram lookup",
 }
 #: Synthetic prompts draw ids below this: byte-level BPE numbers frequent tokens first, so real
-#: text sits mostly there (specdec.draft_head), and the draft's subset head sees what it would.
+#: text sits mostly there (specdec.runners.draft_head), and the draft's subset head sees what it would.
 SYNTHETIC_IDS = 32000
 
 
@@ -86,7 +86,7 @@ def parse_args(argv=None):
     p.add_argument("--schedule", choices=("constant", "adaptive"), default="constant",
                    help="draft length schedule of sd-draft (constant: what Leviathan's prediction assumes)")
     p.add_argument("--draft-vocab", type=int, default=DEFAULT_DRAFT_VOCAB,
-                   help="ids the draft head scores (specdec.draft_head); 0 scores the whole vocabulary")
+                   help="ids the draft head scores (specdec.runners.draft_head); 0 scores the whole vocabulary")
     p.add_argument("--ngram-max", type=int, default=3, help="longest n-gram sd-ngram matches")
     p.add_argument("--widths", type=int, nargs="+", default=[1, 5, 11], help="forward widths of the per-width table")
     p.add_argument("--repeats", type=int, default=None, help="forwards per width in that table (default 20 on CUDA, 3 on CPU)")

@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import statistics
 
-from specdec.stats import predicted_speedup_from_lengths
+from specdec.engine.stats import predicted_speedup_from_lengths
 
 ENGINE_ARMS = ("sd-ar", "sd-draft", "sd-ngram")
 #: The issue's targets (docs/gpu.md).

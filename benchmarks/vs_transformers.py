@@ -41,8 +41,8 @@ from pathlib import Path
 
 import torch
 
-from specdec.devices import cpu_model_name, resolve_device
-from specdec.drafters import (
+from specdec.runners.devices import cpu_model_name, resolve_device
+from specdec.engine.drafters import (
     DEFAULT_CONFIDENCE_THRESHOLD,
     DEFAULT_DRAFT_SCHEDULE,
     DraftLengthPolicy,
@@ -51,9 +51,9 @@ from specdec.drafters import (
 )
 from specdec.engine import Engine, GenerationConfig
 from specdec.errors import SpecdecError
-from specdec.models import eos_token_ids, load_model, special_token_ids
-from specdec.reference import hf_generate
-from specdec.sampling import GREEDY
+from specdec.models.loading import eos_token_ids, load_model, special_token_ids
+from specdec.bench.backends.hf import hf_generate
+from specdec.engine.sampling import GREEDY
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = Path(os.environ.get("SPECDEC_FIXTURES", Path.home() / ".cache" / "specdec-fixtures"))

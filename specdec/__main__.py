@@ -1,5 +1,5 @@
 """``python -m specdec`` is the ``specdec`` command."""
 
-from .cli import entry
+from specdec.cli.command import entry
 
 entry()

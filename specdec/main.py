@@ -11,9 +11,9 @@ Models load once, in the constructor; every call reuses them.
 
 from __future__ import annotations
 
-from .devices import resolve_device
-from .draft_head import DEFAULT_DRAFT_VOCAB
-from .drafters import (
+from specdec.runners.devices import resolve_device
+from specdec.runners.draft_head import DEFAULT_DRAFT_VOCAB
+from specdec.engine.drafters import (
     DEFAULT_CONFIDENCE_THRESHOLD,
     DEFAULT_DRAFT_SCHEDULE,
     DraftLengthPolicy,
@@ -21,11 +21,11 @@ from .drafters import (
     ModelDraft,
     NgramDraft,
 )
-from .engine import Engine, GenerationConfig, GenerationResult
-from .errors import UsageError
-from .models import LoadedModel, check_same_tokenizer, eos_token_ids, load_model, special_token_ids
-from .sampling import SamplingParams
-from .stopping import normalize_stop_strings
+from specdec.engine.loop import Engine, GenerationConfig, GenerationResult
+from specdec.errors import UsageError
+from specdec.models.loading import LoadedModel, check_same_tokenizer, eos_token_ids, load_model, special_token_ids
+from specdec.engine.sampling import SamplingParams
+from specdec.engine.stopping import normalize_stop_strings
 
 DRAFTERS = ("model", "ngram")
 
@@ -51,7 +51,7 @@ class SpeculativeDecoder:
         ``confidence_threshold``) or "constant" (always gamma).
     draft_gate: with the adaptive schedule and greedy decoding, drop the draft length to 0
         (plain decode steps) while drafting steps yield fewer tokens per second than plain
-        ones, and retry later (:mod:`specdec.draft_gate`); False keeps at least 1 draft a step.
+        ones, and retry later (:mod:`specdec.engine.draft_gate`); False keeps at least 1 draft a step.
     ngram_max / ngram_min / ngram_match: n-gram sizes prompt lookup tries, and which earlier
         occurrence it continues from ("earliest", the default, or "latest").
     tokenizer / draft_tokenizer: needed when passing model objects instead of names.

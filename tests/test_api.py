@@ -10,7 +10,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-import specdec.devices
+import specdec.runners.devices
 from conftest import IdTokenizer, make_tiny_llama
 from specdec.engine import GenerationResult
 from specdec.errors import UsageError
@@ -40,7 +40,7 @@ def decoder(loaded):
 
 
 def test_published_usage_with_cuda_requested_runs_on_cpu_with_a_warning(stories_path, monkeypatch, capfd):
-    monkeypatch.setattr(specdec.devices, "_warned_fallback", set())  # the warning is once per process
+    monkeypatch.setattr(specdec.runners.devices, "_warned_fallback", set())  # the warning is once per process
     decoder = SpeculativeDecoder(
         approx_model_name=str(stories_path), target_model_name=str(stories_path), gamma=4, max_tokens=20, device="cuda"
     )

@@ -17,9 +17,9 @@ import pytest
 import torch
 
 from conftest import IdTokenizer, make_tiny_llama
-from specdec.drafters import DraftLengthPolicy, ModelDraft, NgramDraft
+from specdec.engine.drafters import DraftLengthPolicy, ModelDraft, NgramDraft
 from specdec.engine import Engine, GenerationConfig
-from specdec.sampling import GREEDY, SamplingParams
+from specdec.engine.sampling import GREEDY, SamplingParams
 from test_distribution import ALPHA, chi_square, exact_distribution, llama_table, total_variation
 
 CPU = torch.device("cpu")

@@ -9,7 +9,7 @@ import json
 import pytest
 
 from specdec.bench import results as R
-from specdec.cli import main
+from specdec.cli.command import main
 
 
 @pytest.fixture

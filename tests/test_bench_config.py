@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from specdec.bench.cli import main
+from specdec.cli.bench import main
 from specdec.bench.config import load_config, parse_set
 from specdec.errors import UsageError
 
@@ -110,7 +110,7 @@ def test_cli_usage_errors_before_any_model_loads(tmp_path):
 
 def test_vllm_shaped_speculative_config_maps_onto_the_native_drafters(tmp_path):
     """Issue #13 item 7: the S3 shape runs natively; what cannot be honoured is reported."""
-    from specdec.bench.backends import _native_ignored
+    from specdec.bench.backends.native import native_ignored as _native_ignored
 
     config_file = tmp_path / "s3.yaml"
     config_file.write_text(

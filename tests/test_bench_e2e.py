@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from specdec.bench import BenchmarkRunner
-from specdec.bench.cli import main
+from specdec.cli.bench import main
 from specdec.errors import UsageError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -115,7 +115,7 @@ def test_resume_after_sigkill(stories_path, tmp_path):
     args = ["--model", str(stories_path), "--benchmark", str(prompts), "--output-dir", str(out), "--max-tokens", "8",
             "--methods", "target,ngram", "--warmup", "0", "--no-progress", "--no-monitor"]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    child = subprocess.Popen([sys.executable, "-m", "specdec.bench.cli", "bench", *args], env=env, cwd=REPO,
+    child = subprocess.Popen([sys.executable, "-m", "specdec.cli.bench", "bench", *args], env=env, cwd=REPO,
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     responses = out / "responses.jsonl"
     deadline = time.time() + 60

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from specdec.bench.cli import _flags, _parser, default_output_dir
+from specdec.cli.bench import _flags, _parser, default_output_dir
 from specdec.bench.config import load_config
 
 

@@ -74,7 +74,7 @@ def test_a_turn_that_no_longer_fits_is_skipped_and_the_run_goes_on(tmp_path, sto
     """Issue #13 item 2: the second turn of a conversation outgrows the context; it is recorded
     as skipped with its reason, the other prompts run, the summary counts it, and a resume does
     not trip over it again."""
-    from specdec.cli import main
+    from specdec.cli.command import main
 
     long_turn = " ".join(["the little dog ran to the park"] * 80)
     prompts = tmp_path / "p.jsonl"

@@ -14,11 +14,11 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from conftest import IdTokenizer, make_tiny_llama
-from specdec.cache import KVCache
-from specdec.drafters import ModelDraft
+from specdec.runners.cache import KVCache
+from specdec.engine.drafters import ModelDraft
 from specdec.engine import Engine, GenerationConfig
-from specdec.forward import forward_logits
-from specdec.sampling import GREEDY
+from specdec.runners.forward import forward_logits
+from specdec.engine.sampling import GREEDY
 
 CPU = torch.device("cpu")
 ATOL = RTOL = 1e-4

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from specdec.cli import main
+from specdec.cli.command import main
 
 
 def run_json(capsys, *argv: str) -> dict:
@@ -194,9 +194,9 @@ def test_console_script_runs_as_a_user_would(stories_path):
 
 def test_unreachable_hub_fails_at_once_and_says_offline(capsys, monkeypatch):
     """Without HF_HUB_OFFLINE, an unreachable hub is reported at once (no minute of retries)."""
-    import specdec.models
+    import specdec.models.loading
 
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.setattr(specdec.models, "_reachable", lambda url, timeout_s=3.0: False)
+    monkeypatch.setattr(specdec.models.loading, "_reachable", lambda url, timeout_s=3.0: False)
     line = _bad(capsys, "--num_sample_tok", "2", "--big_model", "no-such-org/no-such-model", "--device", "cpu")
     assert "offline" in line and "local folder" in line

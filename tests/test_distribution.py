@@ -35,12 +35,12 @@ import pytest
 import torch
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-import specdec.engine
+import specdec.engine.step
 from conftest import IdTokenizer, make_tiny_llama
-from specdec.drafters import DraftLengthPolicy, ModelDraft, NgramDraft
+from specdec.engine.drafters import DraftLengthPolicy, ModelDraft, NgramDraft
 from specdec.engine import Engine, GenerationConfig
-from specdec.sampling import SamplingParams, sample
-from specdec.verify import Verdict
+from specdec.engine.sampling import SamplingParams, sample
+from specdec.engine.verify import Verdict
 
 VOCAB = 8
 NEW_TOKENS = 4
@@ -328,7 +328,7 @@ def _batched(rule):
 @pytest.mark.parametrize("rule", list(BROKEN_RULES))
 def test_statistical_check_detects_a_broken_acceptance_rule(models, monkeypatch, rule):
     # The engine calls the name it imported from specdec.verify; patch it there.
-    monkeypatch.setattr(specdec.engine, "verify_sampling_batch", _batched(BROKEN_RULES[rule]))
+    monkeypatch.setattr(specdec.engine.step, "verify_sampling_batch", _batched(BROKEN_RULES[rule]))
     p_value, _, report = check(models, "model", SamplingParams(temperature=1.0), DRAWS_BROKEN)
     assert p_value < ALPHA, f"the distribution check failed to notice the broken rule {rule!r}: {report}"
 
@@ -337,6 +337,6 @@ def test_generic_rule_with_the_correct_choices_passes_the_check(models, monkeypa
     """Control for the broken-rule tests: the same scaffold with the right rule passes, so the
     failures above come from the broken choice, not from the scaffold."""
     correct = _generic_rule(lambda u, p, q: u * q < p, lambda p, q: (p - q).clamp_min(0))
-    monkeypatch.setattr(specdec.engine, "verify_sampling_batch", _batched(correct))
+    monkeypatch.setattr(specdec.engine.step, "verify_sampling_batch", _batched(correct))
     p_value, _, report = check(models, "model", SamplingParams(temperature=1.0), DRAWS_BROKEN)
     assert p_value > ALPHA, report

@@ -16,9 +16,9 @@ import pytest
 import torch
 
 from conftest import IdTokenizer, make_tiny_llama
-from specdec.drafters import DraftLengthPolicy, ModelDraft
+from specdec.engine.drafters import DraftLengthPolicy, ModelDraft
 from specdec.engine import Engine, GenerationConfig
-from specdec.sampling import SamplingParams
+from specdec.engine.sampling import SamplingParams
 from test_distribution import ALPHA, TableLM, chi_square, exact_distribution, llama_table, total_variation
 
 VOCAB = 8

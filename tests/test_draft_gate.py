@@ -14,10 +14,10 @@ import pytest
 import torch
 
 from conftest import IdTokenizer, make_tiny_llama
-from specdec.draft_gate import DraftGate
-from specdec.drafters import DraftLengthPolicy, ModelDraft
+from specdec.engine.draft_gate import DraftGate
+from specdec.engine.drafters import DraftLengthPolicy, ModelDraft
 from specdec.engine import Engine, GenerationConfig
-from specdec.sampling import GREEDY, SamplingParams
+from specdec.engine.sampling import GREEDY, SamplingParams
 
 PLAIN_SECONDS = 0.010  # one plain step of a batch of 1: 100 tokens/s
 
@@ -182,7 +182,7 @@ def test_constant_schedule_and_ngram_have_no_gate():
 
 
 def test_gate_flags_reach_the_policy():
-    from specdec.cli import build_parser, settings_from_args
+    from specdec.cli.command import build_parser, settings_from_args
 
     args = build_parser().parse_args(["--num_sample_tok", "4", "--big_model", "x", "--small_model", "y", "--no-draft_gate"])
     assert settings_from_args(args)["draft_gate"] is False
@@ -194,11 +194,12 @@ def test_gate_flags_reach_the_policy():
 def test_bench_config_key_reaches_the_native_drafter(flags, gated):
     from types import SimpleNamespace
 
-    from specdec.bench.backends import NativeBackend
+    from specdec.bench.backends import MethodSpec, RunContext
+    from specdec.bench.backends.native import NativeBackend
     from specdec.bench.config import load_config
 
     config = load_config(None, flags={"model": "T", "speculative.draft_model": "D", **flags}, environ={})
     draft = make_tiny_llama(seed=1)
     models = SimpleNamespace(draft=SimpleNamespace(model=draft), vocab_size=64, keep_ids=())
-    drafter = NativeBackend("speculative", models, config).drafter
+    drafter = NativeBackend(MethodSpec("speculative", "speculative"), RunContext(config, models, folder=None)).drafter
     assert (drafter.length_policy.gate is not None) is gated

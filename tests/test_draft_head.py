@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from conftest import IdTokenizer, make_tiny_llama
-from specdec.draft_head import SubsetHead, with_subset_head
-from specdec.drafters import DraftLengthPolicy, ModelDraft
+from specdec.runners.draft_head import SubsetHead, with_subset_head
+from specdec.engine.drafters import DraftLengthPolicy, ModelDraft
 from specdec.engine import Engine, GenerationConfig
-from specdec.sampling import GREEDY
+from specdec.engine.sampling import GREEDY
 from test_engine_lossless import hf_greedy, noisy_copy
 
 CPU = torch.device("cpu")

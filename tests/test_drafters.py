@@ -13,11 +13,11 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from conftest import IdTokenizer, make_tiny_llama
-from specdec.drafters import DraftLengthPolicy, ModelDraft, NgramDraft, lookup_continuation
+from specdec.engine.drafters import DraftLengthPolicy, ModelDraft, NgramDraft, lookup_continuation
 from specdec.engine import Engine, GenerationConfig
 from specdec.errors import UsageError
-from specdec.models import eos_token_ids
-from specdec.sampling import GREEDY, SamplingParams, make_generator
+from specdec.models.loading import eos_token_ids
+from specdec.engine.sampling import GREEDY, SamplingParams, make_generator
 
 CPU = torch.device("cpu")
 

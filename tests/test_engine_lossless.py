@@ -18,10 +18,10 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from conftest import IdTokenizer, make_tiny_llama
-from specdec.drafters import DraftLengthPolicy, ModelDraft, NgramDraft
+from specdec.engine.drafters import DraftLengthPolicy, ModelDraft, NgramDraft
 from specdec.engine import Engine, GenerationConfig
-from specdec.models import eos_token_ids
-from specdec.sampling import GREEDY
+from specdec.models.loading import eos_token_ids
+from specdec.engine.sampling import GREEDY
 
 CPU = torch.device("cpu")
 TINY_VOCAB = 64

@@ -18,9 +18,9 @@ import pytest
 import torch
 
 from conftest import IdTokenizer, make_tiny_llama
-from specdec.drafters import DraftLengthPolicy, ModelDraft, NgramDraft
+from specdec.engine.drafters import DraftLengthPolicy, ModelDraft, NgramDraft
 from specdec.engine import Engine, GenerationConfig
-from specdec.sampling import GREEDY, SamplingParams
+from specdec.engine.sampling import GREEDY, SamplingParams
 
 CPU = torch.device("cpu")
 VOCAB = 48

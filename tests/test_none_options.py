@@ -9,9 +9,9 @@ import json
 import pytest
 
 from specdec.bench.config import load_config
-from specdec.cli import build_parser
+from specdec.cli.command import build_parser
 from specdec.main import SpeculativeDecoder
-from specdec.sampling import SamplingParams
+from specdec.engine.sampling import SamplingParams
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from specdec.errors import UsageError
-from specdec.placement import layer_record, plan_placement
+from specdec.models.placement import layer_record, plan_placement
 
 GiB = 2**30
 CPU = torch.device("cpu")
@@ -62,7 +62,7 @@ def test_impossible_requests_are_one_clear_line(strategy, kwargs, gpus, message)
 
 def test_cuda_visible_devices_is_what_torch_counts(monkeypatch):
     """The visible count comes from torch, which applies CUDA_VISIBLE_DEVICES."""
-    import specdec.placement as placement
+    import specdec.models.placement as placement
 
     monkeypatch.setattr(placement.torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(placement.torch.cuda, "device_count", lambda: 1)  # e.g. CUDA_VISIBLE_DEVICES=3
@@ -71,7 +71,7 @@ def test_cuda_visible_devices_is_what_torch_counts(monkeypatch):
 
 
 def test_bench_refuses_a_strategy_this_machine_cannot_meet_with_exit_2(tmp_path, stories_path, capsys):
-    from specdec.cli import main
+    from specdec.cli.command import main
 
     prompts = tmp_path / "p.jsonl"
     prompts.write_text(json.dumps({"question_id": 1, "turns": ["Once upon a time"]}) + "\n")
@@ -82,7 +82,7 @@ def test_bench_refuses_a_strategy_this_machine_cannot_meet_with_exit_2(tmp_path,
 
 
 def test_auto_on_cpu_loads_and_the_record_says_where_layers_went(stories_path):
-    from specdec.models import load_model
+    from specdec.models.loading import load_model
 
     plan = plan_placement("auto", CPU, gpus=0)
     loaded = load_model(str(stories_path), plan.target.device, "float32", **plan.target.load_kwargs())
@@ -92,7 +92,7 @@ def test_auto_on_cpu_loads_and_the_record_says_where_layers_went(stories_path):
 def test_a_model_spread_past_its_gpus_is_refused_not_run_from_disk():
     from types import SimpleNamespace
 
-    from specdec.placement import check_offload
+    from specdec.models.placement import check_offload
 
     check_offload(SimpleNamespace(hf_device_map={"model.layers.0": 0, "lm_head": 1}), "target")  # fine
     with pytest.raises(UsageError, match="does not fit its GPUs' share"):
@@ -100,7 +100,7 @@ def test_a_model_spread_past_its_gpus_is_refused_not_run_from_disk():
 
 
 def test_ratios_under_another_strategy_are_reported_as_ignored():
-    from specdec.bench.backends import _native_ignored
+    from specdec.bench.backends.native import native_ignored as _native_ignored
     from specdec.bench.config import load_config
 
     config = load_config(None, {"model": "m"}, environ={"TARGET_GPU_RATIO": "6", "DRAFTER_GPU_RATIO": "2"})

@@ -15,9 +15,9 @@ from transformers import AutoModelForCausalLM, DynamicCache
 
 from conftest import IdTokenizer, make_tiny_llama
 from specdec.engine import Engine, GenerationConfig
-from specdec.cpu_features import prepack_unsupported
-from specdec.prepack import MAX_PACKED_ROWS, PackedLinear, decode_model, identical_row_counts, repack
-from specdec.sampling import GREEDY
+from specdec.runners.cpu_features import prepack_unsupported
+from specdec.runners.prepack import MAX_PACKED_ROWS, PackedLinear, decode_model, identical_row_counts, repack
+from specdec.engine.sampling import GREEDY
 
 CPU = torch.device("cpu")
 VOCAB = 256
@@ -35,7 +35,7 @@ needs_onednn_bf16 = pytest.mark.skipif(ONEDNN_BF16 is not None, reason=f"oneDNN 
 def fake_packing(monkeypatch):
     """oneDNN's packing replaced by a plain copy and F.linear, so the bookkeeping around it
     (which widths use it, staleness, memory) is tested on every CPU, AVX2 ones included."""
-    import specdec.prepack as prepack
+    import specdec.runners.prepack as prepack
 
     monkeypatch.setattr(prepack, "prepack_unsupported", lambda dtype: None)
     monkeypatch.setattr(prepack, "pack_weight", lambda weight: weight.detach().clone())
@@ -170,7 +170,7 @@ def test_stories260k_in_bf16_packed_equals_plain(stories_path):
 def test_a_cpu_without_the_instructions_decodes_on_plain_weights_with_one_note(monkeypatch):
     """AVX2-only CPUs (most cloud VMs and laptops): oneDNN cannot reorder bf16 weights there.
     No traceback: the model itself decodes, and the note says why in one line."""
-    import specdec.cpu_features as features
+    import specdec.runners.cpu_features as features
 
     features._trial_reorder.cache_clear()
     monkeypatch.setattr(torch.ops.mkldnn, "_reorder_linear_weight",
@@ -187,7 +187,7 @@ def test_a_cpu_without_the_instructions_decodes_on_plain_weights_with_one_note(m
 
 
 def test_native_bf16_detection_can_be_forced_either_way(monkeypatch):
-    from specdec.models import resolve_dtype
+    from specdec.models.loading import resolve_dtype
 
     monkeypatch.setenv("SPECDEC_CPU_BF16", "0")
     assert resolve_dtype("auto", CPU) == torch.float32

@@ -12,12 +12,12 @@ import pytest
 import torch
 
 from conftest import IdTokenizer, make_tiny_llama
-from specdec.drafters import ModelDraft, NgramDraft
+from specdec.engine.drafters import ModelDraft, NgramDraft
 from specdec.engine import Engine, GenerationConfig
 from specdec.errors import UsageError
 from specdec.runners import ModelRunner
 from specdec.runners.slots import SlotTable
-from specdec.sampling import GREEDY
+from specdec.engine.sampling import GREEDY
 
 CPU = torch.device("cpu")
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from conftest import IdTokenizer, make_tiny_llama
-from specdec.drafters import ModelDraft, NgramDraft
+from specdec.engine.drafters import ModelDraft, NgramDraft
 from specdec.engine import Engine, GenerationConfig
 from specdec.errors import UsageError
-from specdec.sampling import GREEDY, SamplingParams, make_generator, probabilities, sample, warp_logits
+from specdec.engine.sampling import GREEDY, SamplingParams, make_generator, probabilities, sample, warp_logits
 
 CPU = torch.device("cpu")
 

@@ -15,9 +15,9 @@ import httpx
 import pytest
 
 from specdec.bench.runner import BenchmarkRunner
-from specdec.bench.servers.launchers import ServerError, free_port
-from specdec.bench.servers.load import Job, arrival_offsets, build_jobs, drive
-from specdec.bench.servers.openai_client import Sampling, request_body, stream_request
+from specdec.bench.backends.server.launchers import ServerError, free_port
+from specdec.bench.backends.server.load import Job, arrival_offsets, build_jobs, drive
+from specdec.bench.backends.server.openai_client import Sampling, request_body, stream_request
 from specdec.bench.workloads import Prompt
 
 
@@ -273,7 +273,7 @@ def test_zero_drafts_with_a_draft_configured_is_an_error(tmp_path):
 
 
 def test_row_labels_keep_gamma_last():
-    from specdec.bench.servers.load import row_label
+    from specdec.bench.backends.server.load import row_label
     from specdec.bench.sweep import sweep_rows
 
     assert row_label("speculative:gamma=2", 4.0) == "speculative@4:gamma=2"

@@ -7,11 +7,11 @@ import sys
 
 import pytest
 
-from specdec.bench.backends import check_methods, make_backend
+from specdec.bench.backends import backend_class, check_methods
 from specdec.bench.config import load_config
 from specdec.bench.runner import BenchmarkRunner
-from specdec.bench.servers.load import rates_of
-from specdec.bench.servers.vllm_offline import llm_kwargs, sampling_kwargs
+from specdec.bench.backends.server.load import rates_of
+from specdec.bench.backends.vllm_offline import llm_kwargs, sampling_kwargs
 from specdec.errors import UsageError
 
 
@@ -69,13 +69,13 @@ def test_ignored_options_are_reported(tmp_path):
     server = _config(engine={"backend": "openai", "launch": "llama.cpp", "tensor_parallel_size": 2, "prepack": False},
                      speculative={"method": "ngram", "ngram_min": 2})
     spec = check_methods(_config(engine={"backend": "openai", "base_url": "http://h:1"}, run={"methods": ["ngram"]}))[0]
-    ignored = make_backend(spec, None, server).ignored_options(server)
+    ignored = backend_class(spec, server).ignored_options(spec, server)
     assert any(i.startswith("engine.prepack=False (the native engine's option)") for i in ignored)
     assert any(i.startswith("engine.tensor_parallel_size=2 (llama.cpp splits layers") for i in ignored)
     assert any(i.startswith("speculative.ngram_min (llama.cpp's n-gram drafting takes no minimum)") for i in ignored)
     native = _config(engine={"max_num_seqs": 8}, load={"slo_ttft_ms": 100})
     spec = check_methods(native)[0]
-    ignored = make_backend(spec, None, native).ignored_options(native)
+    ignored = backend_class(spec, native).ignored_options(spec, native)
     assert "engine.max_num_seqs=8 (a server backend's option: set engine.backend openai)" in ignored
 
 

@@ -11,11 +11,11 @@ import textwrap
 
 import pytest
 
-from specdec.bench.cli import main as bench_main
+from specdec.cli.bench import main as bench_main
 from specdec.bench.config import load_config
-from specdec.bench.servers.launchers import (ServerError, ServerProcess, command_line, find_llama_server, free_port,
+from specdec.bench.backends.server.launchers import (ServerError, ServerProcess, command_line, find_llama_server, free_port,
                                              vllm_speculative_config)
-from specdec.bench.servers.settings import server_settings
+from specdec.bench.backends.server.settings import server_settings
 
 # Flags as the engines document them: `vllm serve --help` (vLLM docs, engine args),
 # `python -m sglang.launch_server --help` (SGLang server arguments), and for llama.cpp the
@@ -212,7 +212,7 @@ def test_missing_executable_and_port_in_use(tmp_path):
 
 
 def test_cli_missing_server_is_one_line_and_exit_code_1(tmp_path, capsys):
-    from specdec.cli import main
+    from specdec.cli.command import main
 
     (tmp_path / "t.gguf").write_bytes(b"GGUF")
     (tmp_path / "p.jsonl").write_text('{"prompt": "hi"}\n')

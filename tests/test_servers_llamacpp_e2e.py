@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from specdec.bench.runner import BenchmarkRunner
-from specdec.bench.servers.launchers import ServerError, find_llama_server, llama_server_cache
+from specdec.bench.backends.server.launchers import ServerError, find_llama_server, llama_server_cache
 
 pytestmark = pytest.mark.slow
 

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import pytest
 from prometheus_client import CollectorRegistry, Counter, generate_latest
 
-from specdec.bench.servers.server_metrics import (SpecCounters, acceptance_from_counters, acceptance_from_responses,
+from specdec.bench.backends.server.server_metrics import (SpecCounters, acceptance_from_counters, acceptance_from_responses,
                                                   counters_from_samples, counters_from_vllm_metrics, detect_engine,
                                                   parse_prometheus)
 

@@ -16,10 +16,10 @@ import pytest
 import torch
 
 from conftest import IdTokenizer, make_tiny_llama
-from specdec.drafters import ModelDraft, NgramDraft
+from specdec.engine.drafters import ModelDraft, NgramDraft
 from specdec.engine import Engine, GenerationConfig
-from specdec.sampling import GREEDY, SamplingParams
-from specdec.stats import StepStats, latency_summary, ratio
+from specdec.engine.sampling import GREEDY, SamplingParams
+from specdec.engine.stats import StepStats, latency_summary, ratio
 
 CPU = torch.device("cpu")
 VOCAB = 48

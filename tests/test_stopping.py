@@ -10,11 +10,11 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from conftest import IdTokenizer, make_tiny_llama
-from specdec.drafters import ModelDraft, NgramDraft
+from specdec.engine.drafters import ModelDraft, NgramDraft
 from specdec.engine import Engine, GenerationConfig
-from specdec.models import eos_token_ids
-from specdec.sampling import GREEDY, SamplingParams
-from specdec.stopping import StopChecker
+from specdec.models.loading import eos_token_ids
+from specdec.engine.sampling import GREEDY, SamplingParams
+from specdec.engine.stopping import StopChecker
 
 CPU = torch.device("cpu")
 VOCAB = 48

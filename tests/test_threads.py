@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from specdec.threads import busy_warning, configure_threads, free_core_threads
+from specdec.runners.threads import busy_warning, configure_threads, free_core_threads
 
 
 def test_threads_fill_only_the_cores_other_processes_leave_free():

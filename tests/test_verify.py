@@ -12,8 +12,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from specdec.sampling import make_generator
-from specdec.verify import Verdict, verify_greedy, verify_sampling
+from specdec.engine.sampling import make_generator
+from specdec.engine.verify import Verdict, verify_greedy, verify_sampling
 
 CPU = torch.device("cpu")
 ALPHA = 1e-3

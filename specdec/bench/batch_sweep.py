@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from rich.table import Table
 
-from ..errors import UsageError
-from .report import fmt
+from specdec.errors import UsageError
+from specdec.bench.report import fmt
 
 
 def parse_batch_sizes(text: str) -> list[int]:

@@ -18,9 +18,9 @@ from typing import Any
 
 import yaml
 
-from ..draft_head import DEFAULT_DRAFT_VOCAB
-from ..drafters import DEFAULT_CONFIDENCE_THRESHOLD, DEFAULT_DRAFT_SCHEDULE
-from ..errors import UsageError
+from specdec.runners.draft_head import DEFAULT_DRAFT_VOCAB
+from specdec.engine.drafters import DEFAULT_CONFIDENCE_THRESHOLD, DEFAULT_DRAFT_SCHEDULE
+from specdec.errors import UsageError
 
 # dotted key -> (type, default, help). type is one of: str, int, float, bool, "list".
 FIELDS: dict[str, tuple[Any, Any, str]] = {
@@ -52,7 +52,7 @@ FIELDS: dict[str, tuple[Any, Any, str]] = {
     "engine.enable_batch": (bool, False, "ENABLE_BATCH: set false to force batch size 1 whatever BATCH_SIZE says"),
     "engine.batch_size": (int, 1, "rows decoded together (BATCH_SIZE); --batch-sizes 1,4,16 sweeps it"),
     "engine.max_batch_length": (int, None, "MAX_BATCH_LENGTH: prompt + new tokens per row; longer prompts are left out (named)"),
-    "engine.gpu_strategy": (str, "same", "same, separate, multi_gpu_ratio or auto: where target and draft go (specdec.placement)"),
+    "engine.gpu_strategy": (str, "same", "same, separate, multi_gpu_ratio or auto: where target and draft go (specdec.models.placement)"),
     "engine.target_gpu_ratio": (int, 1, "multi_gpu_ratio: GPUs the target's layers spread over (the first ones)"),
     "engine.drafter_gpu_ratio": (int, 1, "multi_gpu_ratio: GPUs the draft's layers spread over (the next ones)"),
     "workload.benchmark": (str, None, "prompt file or folder (JSONL, question.jsonl, ShareGPT, text)"),
@@ -67,7 +67,7 @@ FIELDS: dict[str, tuple[Any, Any, str]] = {
     "load.mode": (str, "fixed", "fixed (each prompt once), poisson (arrivals at load.rate for load.duration); servers also constant, burst"),
     "load.rate": ("rates", None, "arrival rate, requests per second; servers take a list [1, 2, 4] (one row per rate)"),
     "load.duration": (float, None, "Poisson mode: seconds of arrivals"),
-    # --- serving engines (issue #12, docs/serving.md; read by specdec/bench/servers) -------------
+    # --- serving engines (issue #12, docs/serving.md; read by specdec/bench/backends/server) -------------
     "engine.launch": (str, None, "start this server per method: vllm, sglang or llama.cpp (engine.backend openai)"),
     "engine.base_url": (str, None, "a running OpenAI-compatible server, e.g. http://127.0.0.1:8000 (engine.backend openai)"),
     "engine.served_model_name": (str, None, "model name in requests; default: the server's first /v1/models entry"),

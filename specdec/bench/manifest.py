@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from ..devices import cpu_model_name, device_name
+from specdec.runners.devices import cpu_model_name, device_name
 
 PACKAGES = ("specdec", "torch", "transformers", "accelerate", "numpy", "tokenizers", "nvidia-ml-py", "rich", "matplotlib")
 

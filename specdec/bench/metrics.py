@@ -12,7 +12,7 @@ from statistics import median
 
 import numpy as np
 
-from ..stats import expected_tau_from_lengths, pool_accept_at, predicted_speedup_from_lengths
+from specdec.engine.stats import expected_tau_from_lengths, pool_accept_at, predicted_speedup_from_lengths
 
 
 def percentiles(values) -> dict:

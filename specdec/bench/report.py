@@ -8,10 +8,10 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from ..errors import UsageError
-from ..formatting import fmt
-from . import results as R
-from .servers.summary import load_notes, load_table
+from specdec.errors import UsageError
+from specdec.bench.formatting import fmt
+from specdec.bench import results as R
+from specdec.bench.backends.server.summary import load_notes, load_table
 
 
 def ms(value) -> str:
@@ -135,8 +135,8 @@ def print_summary(console: Console, metrics: dict, title: str = "") -> None:
 def rerender(folder: str | Path) -> dict:
     """Recompute metrics.json, the benchmark_results files and the plots of a saved run from its
     responses.jsonl and config.yaml."""
-    from .config import load_config
-    from .runner import write_outputs
+    from specdec.bench.config import load_config
+    from specdec.bench.runner import write_outputs
 
     results = R.ResultsDir(folder)
     if not results.path.is_dir():

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from ..errors import UsageError
+from specdec.errors import UsageError
 
 RESPONSES = "responses.jsonl"
 CONFIG = "config.yaml"
@@ -179,7 +179,7 @@ def _changed_keys(old: dict, new: dict, prefix: str = "") -> list[str]:
             changed += _changed_keys(a, b, f"{prefix}{key}.")
         elif a != b:
             changed.append(f"{prefix}{key}: {a!r} -> {b!r}")
-    from .config import HASH_EXEMPT
+    from specdec.bench.config import HASH_EXEMPT
 
     exempt = set(HASH_EXEMPT)
     if ((new.get("load") or {}).get("mode") or "fixed") != "fixed" and not prefix:

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from rich.table import Table
 
-from ..errors import UsageError
-from .report import fmt
+from specdec.errors import UsageError
+from specdec.bench.report import fmt
 
 COLUMNS = ("gamma", "speedup (time)", "speedup (forwards)", "alpha", "tau", "efficiency")
 

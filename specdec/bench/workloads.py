@@ -13,6 +13,7 @@ Formats (detected per file, validated line by line before any model loads):
 from __future__ import annotations
 
 import json
+import zlib
 from collections import Counter
 import random
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import UsageError
+from specdec.errors import UsageError
 
 SHAREGPT_FILES = ("sharegpt_gpt4.jsonl", "sharegpt_V3_format.jsonl", "sharegpt_zh_38K_format.jsonl")
 HUMAN_ROLES = ("human", "user")
@@ -226,3 +227,41 @@ def encode_turns(tokenizer, messages: list[dict], chat_template: bool) -> list[i
         return list(tokenizer(rendered, add_special_tokens=False)["input_ids"])
     text = "\n\n".join(m["content"] for m in messages)
     return list(tokenizer(text)["input_ids"])
+
+
+@dataclass
+class Job:
+    """One conversation of the schedule: its prompt, the id its records carry (``~k`` on the
+    k-th reuse of a prompt), the repeat index and its arrival in seconds (None: requests go
+    one after another)."""
+
+    prompt: Prompt
+    prompt_id: str
+    repeat: int
+    arrival_s: float | None = None
+
+
+def request_seed(base: int, prompt_id: str, turn: int, repeat: int) -> int:
+    """The same seed for every method on one (prompt, turn, repeat), different across them."""
+    return (base + zlib.crc32(f"{prompt_id}|{turn}|{repeat}".encode())) % (2**63)
+
+
+def build_schedule(config, prompts: list[Prompt]) -> list[Job]:
+    """The jobs of a run whose methods alternate request by request. Fixed mode: every prompt
+    once per repeat. Poisson mode: arrivals of a seeded Poisson process (per repeat), each
+    taking the next prompt (cycling; ids get ``~k`` on reuse)."""
+    jobs = []
+    for repeat in range(config.get("run.repeats")):
+        if config.get("load.mode") == "poisson":
+            duration = config.get("load.duration")
+            count = config.get("workload.num_prompts") if duration is None else None
+            if duration is None and count is None:
+                count = len(prompts)
+            arrivals = poisson_arrivals(config.get("load.rate"), config.get("workload.seed") + repeat, duration, count)
+            for i, at in enumerate(arrivals):
+                prompt = prompts[i % len(prompts)]
+                pid = prompt.id if i < len(prompts) else f"{prompt.id}~{i // len(prompts)}"
+                jobs.append(Job(prompt, pid, repeat, at))
+        else:
+            jobs.extend(Job(p, p.id, repeat) for p in prompts)
+    return jobs

@@ -1,11 +1,16 @@
-"""Model runners: the layer between the decode loop and a model (KV cache, kernels, timing).
+"""The runners layer: between the decode loop and a model, everything that depends on the
+device. Owns the model runner (:mod:`~specdec.runners.runner`: "logits for these new tokens",
+"keep the first n positions"), KV caches (:mod:`~specdec.runners.cache`,
+:mod:`~specdec.runners.slots` for ragged rows sharing one cache), sync-free forward timing
+(:mod:`~specdec.runners.timing`), CUDA graphs (:mod:`~specdec.runners.cuda_graphs`), CPU kernels
+and weight prepacking (:mod:`~specdec.runners.prepack`, :mod:`~specdec.runners.draft_head`),
+what the CPU can do (:mod:`~specdec.runners.cpu_features`), thread counts
+(:mod:`~specdec.runners.threads`) and device names and clocks (:mod:`~specdec.runners.devices`).
 
-See :mod:`specdec.runners.runner` for the interface, :mod:`specdec.runners.slots` for how a
-batch of rows with ragged lengths shares one cache, :mod:`specdec.runners.timing` for
-sync-free forward timing and :mod:`specdec.runners.cuda_graphs` for the CUDA-only part.
+May import: :mod:`specdec.errors` only (and torch / transformers). Every other layer builds on it.
 """
 
-from .runner import CACHE_KINDS, ModelRunner
-from .timing import ForwardClock
+from specdec.runners.runner import CACHE_KINDS, ModelRunner
+from specdec.runners.timing import ForwardClock
 
 __all__ = ["CACHE_KINDS", "ForwardClock", "ModelRunner"]

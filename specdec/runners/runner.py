@@ -26,11 +26,11 @@ from __future__ import annotations
 
 import torch
 
-from ..cache import crop_cache, has_sliding_layers, new_cache
-from ..errors import UsageError
-from .slots import SlotTable
-from .timing import ForwardClock
-from .transfer import to_device
+from specdec.runners.cache import crop_cache, has_sliding_layers, new_cache
+from specdec.errors import UsageError
+from specdec.runners.slots import SlotTable
+from specdec.runners.timing import ForwardClock
+from specdec.runners.transfer import to_device
 
 CACHE_KINDS = ("dynamic", "static")
 #: Static caches are sized in multiples of this many slots, so that requests of similar
@@ -41,7 +41,7 @@ STATIC_ROUNDING = 256
 class ModelRunner:
     """Runs one causal LM over a batch of rows.
 
-    model: the module whose forwards decode (the prepacked copy on CPU, see specdec.prepack).
+    model: the module whose forwards decode (the prepacked copy on CPU, see specdec.runners.prepack).
     device: where its inputs go.
     cache_kind: "dynamic" or "static" (see the module docstring).
     graphs: on CUDA with the static cache, replay decode forwards from CUDA graphs captured
@@ -62,7 +62,7 @@ class ModelRunner:
         self.clock = clock or ForwardClock(self.device)
         self.graphs = None
         if graphs and cache_kind == "static" and self.device.type == "cuda":
-            from .cuda_graphs import GraphedDecode
+            from specdec.runners.cuda_graphs import GraphedDecode
 
             self.graphs = GraphedDecode(model, self.clock)
         self.cache = None

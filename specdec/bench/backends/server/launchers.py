@@ -1,0 +1,304 @@
+"""Command lines of the serving engines, and the lifecycle of one server process.
+
+:func:`command_line` builds the argv that starts vLLM (``vllm serve``), SGLang
+(``python -m sglang.launch_server``) or llama.cpp (``llama-server``) for one method, from the
+documented flags of each (checked in tests/test_servers_launchers.py):
+
+- vLLM: ``--speculative-config JSON`` (``method`` / ``model`` / ``num_speculative_tokens`` /
+  ``prompt_lookup_max`` / ``prompt_lookup_min``), ``--tensor-parallel-size``,
+  ``--gpu-memory-utilization``, ``--max-model-len``, ``--max-num-seqs``; serves ``/health`` and
+  ``/metrics`` (Prometheus) by default.
+- SGLang: ``--speculative-algorithm`` (STANDALONE for a draft model, NGRAM), ``--speculative-draft-model-path``,
+  ``--speculative-num-steps`` (gamma), ``--speculative-eagle-topk 1`` (a chain, like the other
+  engines), ``--speculative-num-draft-tokens`` (gamma + 1: the verified chain includes its root),
+  ``--tp-size``, ``--mem-fraction-static``, ``--context-length``, ``--max-running-requests``,
+  ``--enable-metrics`` for ``/metrics``.
+- llama.cpp (version 11434.0.0 of the package index): ``--spec-type draft-simple -md DRAFT``
+  (``-md`` alone drafts nothing in this version), ``--spec-draft-n-max`` (gamma),
+  ``--spec-type ngram-simple`` with ``--spec-ngram-simple-size-n`` (the lookup n-gram) and
+  ``--spec-ngram-simple-size-m`` (the drafted m-gram, gamma), ``-c``, ``-np`` with ``-kvu``
+  (slots share one KV pool, so ``-c`` is the context of any one request), ``--metrics``.
+
+:class:`ServerProcess` starts the command, streams its output into a log file, waits for the
+health endpoint (with a timeout), and stops the whole process group on exit, Ctrl-C or error.
+A missing executable, a port in use, a server that dies during start or never becomes healthy
+is one :class:`ServerError` line naming the log.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from specdec.errors import SpecdecError
+from specdec.bench.backends.server.settings import Drafting, ServerSettings
+
+LLAMA_CPP_VERSION = "11434.0.0"
+
+
+class ServerError(SpecdecError):
+    """A serving engine could not be started, reached or trusted (exit code 1)."""
+
+    exit_code = 1
+
+
+# --------------------------------------------------------------------------------------------
+# command lines
+def vllm_speculative_config(drafting: Drafting | None) -> dict | None:
+    """vLLM's ``speculative_config`` (the same dict for ``vllm serve`` and ``vllm.LLM``)."""
+    if drafting is None:
+        return None
+    if drafting.kind == "ngram":
+        return {"method": drafting.spec_type or "ngram", "num_speculative_tokens": drafting.gamma,
+                "prompt_lookup_max": drafting.ngram_max, "prompt_lookup_min": drafting.ngram_min}
+    config = {"method": drafting.spec_type or "draft_model", "num_speculative_tokens": drafting.gamma}
+    if drafting.draft_model:
+        config["model"] = drafting.draft_model
+    return config
+
+
+def _vllm_argv(s: ServerSettings) -> list[str]:
+    argv = [s.executable or "vllm", "serve", s.model, "--host", s.host, "--port", str(s.port),
+            "--tensor-parallel-size", str(s.tensor_parallel_size)]
+    if s.gpu_memory_utilization is not None:
+        argv += ["--gpu-memory-utilization", f"{s.gpu_memory_utilization:g}"]
+    if s.max_model_len is not None:
+        argv += ["--max-model-len", str(s.max_model_len)]
+    if s.max_num_seqs is not None:
+        argv += ["--max-num-seqs", str(s.max_num_seqs)]
+    if s.served_model_name:
+        argv += ["--served-model-name", s.served_model_name]
+    if s.seed is not None:
+        argv += ["--seed", str(s.seed)]
+    speculative = vllm_speculative_config(s.drafting)
+    if speculative is not None:
+        argv += ["--speculative-config", json.dumps(speculative, separators=(",", ":"))]
+    return argv
+
+
+def _sglang_argv(s: ServerSettings) -> list[str]:
+    argv = [s.executable or sys.executable, "-m", "sglang.launch_server", "--model-path", s.model,
+            "--host", s.host, "--port", str(s.port), "--tp-size", str(s.tensor_parallel_size)]
+    if s.gpu_memory_utilization is not None:
+        argv += ["--mem-fraction-static", f"{s.gpu_memory_utilization:g}"]
+    if s.max_model_len is not None:
+        argv += ["--context-length", str(s.max_model_len)]
+    if s.max_num_seqs is not None:
+        argv += ["--max-running-requests", str(s.max_num_seqs)]
+    if s.served_model_name:
+        argv += ["--served-model-name", s.served_model_name]
+    if s.seed is not None:
+        argv += ["--random-seed", str(s.seed)]
+    if s.metrics:
+        argv += ["--enable-metrics"]
+    d = s.drafting
+    if d is not None:
+        algorithm = d.spec_type or ("NGRAM" if d.kind == "ngram" else "STANDALONE")
+        argv += ["--speculative-algorithm", algorithm]
+        if d.kind == "model" and d.draft_model:
+            argv += ["--speculative-draft-model-path", d.draft_model]
+        argv += ["--speculative-num-steps", str(d.gamma), "--speculative-eagle-topk", "1",
+                 "--speculative-num-draft-tokens", str(d.gamma + 1)]
+    return argv
+
+
+def _llama_cpp_argv(s: ServerSettings) -> list[str]:
+    argv = [s.executable or find_llama_server() or "llama-server", "-m", s.model, "--host", s.host,
+            "--port", str(s.port)]
+    if s.max_model_len is not None:
+        argv += ["-c", str(s.max_model_len)]
+    if s.max_num_seqs is not None:
+        argv += ["-np", str(s.max_num_seqs), "-kvu"]
+    if s.served_model_name:
+        argv += ["--alias", s.served_model_name]
+    if s.seed is not None:
+        argv += ["--seed", str(s.seed)]
+    if s.metrics:
+        argv += ["--metrics"]
+    d = s.drafting
+    if d is not None:
+        if d.kind == "ngram":
+            spec_type = d.spec_type or "ngram-simple"
+            argv += ["--spec-type", spec_type]
+            if spec_type == "ngram-simple":
+                argv += ["--spec-ngram-simple-size-n", str(d.ngram_max), "--spec-ngram-simple-size-m", str(d.gamma)]
+        else:
+            argv += ["--spec-type", d.spec_type or "draft-simple", "-md", d.draft_model or "",
+                     "--spec-draft-n-max", str(d.gamma)]
+    return argv
+
+
+_BUILDERS = {"vllm": _vllm_argv, "sglang": _sglang_argv, "llama.cpp": _llama_cpp_argv}
+#: the health endpoint of each engine (200 once the model is loaded)
+HEALTH_PATH = {"vllm": "/health", "sglang": "/health", "llama.cpp": "/health"}
+
+
+def command_line(settings: ServerSettings) -> list[str]:
+    """The argv that starts ``settings.engine`` for one method; ``engine.extra_args`` go last
+    (so that they override what we set, where the engine lets a later flag win)."""
+    return _BUILDERS[settings.engine](settings) + list(settings.extra_args)
+
+
+def shell_line(argv: list[str]) -> str:
+    return shlex.join(argv)
+
+
+def llama_server_cache() -> Path:
+    """Where scripts/build-llama-server.sh builds llama-server."""
+    root = Path(os.environ.get("SPECDEC_LLAMA_CACHE") or Path.home() / ".cache" / "specdec" / "llama-server")
+    return root / LLAMA_CPP_VERSION
+
+
+def find_llama_server() -> str | None:
+    """``$SPECDEC_LLAMA_SERVER``, the build of scripts/build-llama-server.sh, or ``llama-server``
+    on PATH; None when there is none."""
+    explicit = os.environ.get("SPECDEC_LLAMA_SERVER")
+    if explicit:
+        return explicit
+    built = llama_server_cache() / "build" / "bin" / "llama-server"
+    if built.is_file() and os.access(built, os.X_OK):
+        return str(built)
+    return shutil.which("llama-server")
+
+
+# --------------------------------------------------------------------------------------------
+# process lifecycle
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nothing listens on right now (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def check_port_free(host: str, port: int) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # as servers bind: connections of the previous method's server in TIME_WAIT do not
+        # block the port, a listening socket does
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            raise ServerError(f"port {port} on {host} is in use: set engine.port to a free port, or leave it "
+                              "unset to pick one") from None
+
+
+def check_executable(engine: str, argv: list[str]) -> None:
+    """One line naming what to install when the engine's executable (or module) is missing."""
+    program = argv[0]
+    found = shutil.which(program) if os.sep not in program else (program if os.access(program, os.X_OK) else None)
+    hints = {
+        "vllm": "pip install vllm (a CUDA machine), or set engine.executable to its vllm command",
+        "sglang": "pip install 'sglang[all]' (a CUDA machine), or set engine.executable to a Python that has it",
+        "llama.cpp": "run bash scripts/build-llama-server.sh, put llama-server on PATH, or set engine.executable "
+                     "(or SPECDEC_LLAMA_SERVER) to its path",
+    }
+    if found is None:
+        raise ServerError(f"{engine}: executable {program!r} not found: {hints[engine]}")
+    if engine == "sglang" and program == sys.executable and importlib.util.find_spec("sglang") is None:
+        raise ServerError(f"sglang: the module sglang is not installed in {sys.executable}: {hints['sglang']}")
+
+
+def _last_line(path: Path) -> str:
+    try:
+        lines = [line.strip() for line in path.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
+    except OSError:
+        return ""
+    return lines[-1][:300] if lines else ""
+
+
+class ServerProcess:
+    """One server started from ``argv`` with its output in ``log_path``; a context manager that
+    waits until ``health_url`` answers 200 and always stops the server on the way out.
+
+    startup_timeout_s: seconds to wait for health (model loading included).
+    """
+
+    def __init__(self, engine: str, argv: list[str], host: str, port: int, log_path: Path,
+                 startup_timeout_s: float = 600.0) -> None:
+        self.engine = engine
+        self.argv = argv
+        self.host = host
+        self.port = port
+        self.base_url = f"http://{host}:{port}"
+        self.health_url = self.base_url + HEALTH_PATH[engine]
+        self.log_path = Path(log_path)
+        self.startup_timeout_s = startup_timeout_s
+        self.process: subprocess.Popen | None = None
+        self._log = None
+
+    def __enter__(self) -> "ServerProcess":
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        self.stop()
+        return False
+
+    def start(self) -> None:
+        check_executable(self.engine, self.argv)
+        check_port_free(self.host, self.port)
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log = self.log_path.open("ab")
+        self._log.write(f"$ {shell_line(self.argv)}\n".encode())
+        self._log.flush()
+        # Its own session: Ctrl-C in the terminal reaches us, not the server, and stop() ends
+        # the whole group (vLLM and SGLang start worker processes).
+        self.process = subprocess.Popen(self.argv, stdout=self._log, stderr=subprocess.STDOUT,
+                                        stdin=subprocess.DEVNULL, start_new_session=True)
+        self.wait_healthy()
+
+    def wait_healthy(self) -> None:
+        import httpx
+
+        deadline = time.monotonic() + self.startup_timeout_s
+        delay = 0.1
+        while True:
+            code = self.process.poll()
+            if code is not None:
+                raise ServerError(f"{self.engine} exited with code {code} while starting: {_last_line(self.log_path)!r} "
+                                  f"(full log: {self.log_path})")
+            try:
+                if httpx.get(self.health_url, timeout=2.0).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass  # not listening yet
+            if time.monotonic() > deadline:
+                raise ServerError(f"{self.engine} did not answer 200 on {self.health_url} within "
+                                  f"{self.startup_timeout_s:g} s (engine.startup_timeout_s); log: {self.log_path}")
+            time.sleep(delay)
+            delay = min(delay * 1.5, 1.0)
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def stop(self, grace_s: float = 20.0) -> None:
+        """SIGTERM to the server's process group, SIGKILL after ``grace_s``; idempotent."""
+        process = self.process
+        if process is not None and process.poll() is None:
+            for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 10.0)):
+                try:
+                    os.killpg(process.pid, sig)
+                except ProcessLookupError:
+                    break
+                try:
+                    process.wait(timeout=wait)
+                    break
+                except subprocess.TimeoutExpired:
+                    continue
+        if self._log is not None:
+            self._log.close()
+            self._log = None

@@ -1,0 +1,27 @@
+"""The commands: ``specdec`` (one prompt, speculative against the baseline), ``specdec demo``,
+``specdec bench | sweep | report``, and how their results are drawn in a terminal.
+
+Owns argument parsing (:mod:`~specdec.cli.parsing`), the ``specdec`` command
+(:mod:`~specdec.cli.command`), the demo (:mod:`~specdec.cli.demo`), the side-by-side
+comparison behind both (:mod:`~specdec.cli.compare`), its rendering (:mod:`~specdec.cli.render`)
+and the harness's commands (:mod:`~specdec.cli.bench`).
+
+May import every layer below: :mod:`specdec.main` (the published API), :mod:`specdec.bench`,
+:mod:`specdec.engine`, :mod:`specdec.models`, :mod:`specdec.runners`. Nothing imports it but
+``specdec.__main__``.
+"""
+
+from specdec.cli.command import build_parser, entry, main
+
+__all__ = ["build_parser", "entry", "main"]
+
+
+def __getattr__(name: str):
+    """Names of the old flat module ``specdec.cli`` (now :mod:`specdec.cli.command`)."""
+    import importlib
+
+    module = importlib.import_module("specdec.cli.command")
+    try:
+        return getattr(module, name)
+    except AttributeError:
+        raise AttributeError(f"module 'specdec.cli' has no attribute {name!r}") from None
