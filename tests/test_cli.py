@@ -35,6 +35,10 @@ def test_greedy_comparison_is_identical_and_reports_acceptance(capsys, stories_p
     assert stats["alpha"] == 1.0
     assert stats["target_forwards"] < report["baseline"]["stats"]["target_forwards"]
     assert len(stats["accept_at"]) == 3  # constant schedule: exactly gamma positions
+    # c against the baseline's width-1 forward (issue #19 item 8), and the prediction from it.
+    assert report["c_basis"] == "width-1 target forward (the baseline run)"
+    assert report["c"] == stats["t_draft"] / report["baseline"]["stats"]["t_target"]
+    assert report["predicted_speedup"] is not None and report["efficiency"] is not None
 
 
 def test_default_draft_schedule_is_adaptive_and_grows_past_gamma(capsys, stories_path):
@@ -96,7 +100,8 @@ def test_table_output_names_speedup_and_identity(capsys, stories_path):
                  "--max_new_tok", "5", "--device", "cpu", "--no-sample"])
     out = capsys.readouterr().out
     assert code == 0
-    for words in ("speedup", "alpha", "tau", "per-position acceptance", "identical", "baseline text"):
+    for words in ("speedup", "alpha", "tau", "per-position acceptance", "identical", "baseline text",
+                  "width-1 target forward (the baseline run)", "predicted speedup"):
         assert words in out
 
 
@@ -200,3 +205,16 @@ def test_unreachable_hub_fails_at_once_and_says_offline(capsys, monkeypatch):
     monkeypatch.setattr(specdec.models.loading, "_reachable", lambda url, timeout_s=3.0: False)
     line = _bad(capsys, "--num_sample_tok", "2", "--big_model", "no-such-org/no-such-model", "--device", "cpu")
     assert "offline" in line and "local folder" in line
+
+
+def test_draft_cost_uses_the_baseline_width_1_forward():
+    """Issue #19 item 8: the Qwen pair's figures: draft 0.137 s, width-1 target 0.494 s."""
+    from specdec.cli.compare import draft_cost
+
+    speculative = {"t_draft": 0.137, "c": 0.10, "c_basis": "verification forward (wider than 1)", "alpha": 0.8,
+                   "proposal_lengths": {"4": 10}, "e2e_s": 10.0}
+    figures = draft_cost({"t_target": 0.494, "e2e_s": 12.0}, speculative)
+    assert abs(figures["c"] - 0.137 / 0.494) < 1e-12 and figures["c_basis"].startswith("width-1 target forward")
+    expected = (1 - 0.8 ** 5) / (1 - 0.8) / (4 * figures["c"] + 1)
+    assert abs(figures["predicted_speedup"] - expected) < 1e-9
+    assert draft_cost({"t_target": None}, speculative)["c_basis"] == "verification forward (wider than 1)"

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from specdec.engine.loop import GenerationResult
+from specdec.engine import GenerationResult
+from specdec.engine.stats import predicted_speedup_from_lengths, ratio
 from specdec.main import SpeculativeDecoder
 
 WARMUP_TOKENS = 8
@@ -76,7 +77,26 @@ def comparison_report(decoder: SpeculativeDecoder, prompt: str, baseline: Genera
         "forward_speedup": b["target_forwards"] / s["target_forwards"] if s["target_forwards"] else None,
         "identical": baseline.token_ids == speculative.token_ids if decoder.config.sampling.greedy else None,
         "first_difference": first_difference(baseline.token_ids, speculative.token_ids),
+        **draft_cost(b, s),
     }
+
+
+def draft_cost(baseline: dict, speculative: dict) -> dict:
+    """``c`` (one draft forward over one width-1 target forward, metrics.md) and the predicted
+    speedup from it. The baseline run's decode forwards are all width 1, so its ``t_target``
+    is the right denominator; the speculative run's own is used only when the baseline has
+    none (its forwards are verifications, wider than 1, and cost more on most CPUs)."""
+    t_draft = speculative.get("t_draft")
+    if t_draft is None:
+        return {"c": None, "c_basis": None, "predicted_speedup": None, "efficiency": None}
+    if baseline.get("t_target") is not None:
+        c, basis = ratio(t_draft, baseline["t_target"]), "width-1 target forward (the baseline run)"
+    else:
+        c, basis = speculative.get("c"), speculative.get("c_basis")
+    predicted = predicted_speedup_from_lengths(speculative.get("alpha"), c, speculative.get("proposal_lengths") or {})
+    speedup = ratio(baseline["e2e_s"], speculative["e2e_s"]) if baseline.get("e2e_s") and speculative.get("e2e_s") else None
+    return {"c": c, "c_basis": basis, "predicted_speedup": predicted,
+            "efficiency": ratio(speedup, predicted) if predicted and speedup else None}
 
 
 def first_difference(left: list[int], right: list[int]) -> int | None:

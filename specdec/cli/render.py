@@ -57,8 +57,12 @@ def render_comparison(report: dict, console: Console | None = None) -> None:
     console.print(
         f"[bold]acceptance[/] alpha {_fmt(s['alpha'])}  tau {_fmt(s['tau'], 2)} tokens/step  "
         f"draft acceptance rate {_fmt(s['draft_acceptance_rate'])}  accepted {s['accepted']}/{s['proposed']} "
-        f"in {s['steps']} steps  c {_fmt(s['c'])}"
+        f"in {s['steps']} steps"
     )
+    if report.get("c") is not None:
+        console.print(f"[bold]draft cost[/] c {_fmt(report['c'])} ({report['c_basis']})")
+        console.print(f"[bold]predicted speedup[/] {_fmt(report['predicted_speedup'], 2, 'x')} (Leviathan et al. 3.8 "
+                      f"over the draft lengths used)   [bold]efficiency[/] {_fmt(report['efficiency'], 2)}")
     console.print(f"[bold]per-position acceptance[/] (accept_at[k]) {accept_at}")
     if report["identical"] is not None:
         if report["identical"]:
