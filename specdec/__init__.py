@@ -85,5 +85,19 @@ class _MovedModules(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         return importlib.util.find_spec(new).loader.get_code(new)
 
 
+def old_names(package: str, module: str):
+    """A module ``__getattr__`` for ``package``, a folder that replaced a flat module of the
+    same name: names not in the folder's ``__init__`` come from ``module``, where the flat
+    module's code now lives (``specdec.engine.MAX_DRAFT_WINDOW`` -> ``specdec.engine.loop``)."""
+
+    def __getattr__(name: str):
+        try:
+            return getattr(importlib.import_module(module), name)
+        except AttributeError:
+            raise AttributeError(f"module {package!r} has no attribute {name!r}") from None
+
+    return __getattr__
+
+
 if not any(isinstance(finder, _MovedModules) for finder in sys.meta_path):
     sys.meta_path.insert(0, _MovedModules())  # before the path finder, which would load a second copy

@@ -26,6 +26,7 @@ from specdec.errors import UsageError
 from specdec.models.loading import LoadedModel, check_same_tokenizer, eos_token_ids, load_model, special_token_ids
 from specdec.engine.sampling import SamplingParams
 from specdec.engine.stopping import normalize_stop_strings
+from specdec.runners.quantize import check_mode, quantize_model
 
 DRAFTERS = ("model", "ngram")
 
@@ -63,6 +64,12 @@ class SpeculativeDecoder:
     draft_vocab: with a vocabulary over twice this size (Qwen's 152k), the draft model scores
         only this many frequent token ids plus the prompt's and the special tokens (FR-Spec;
         lossless, the target still verifies against its whole vocabulary); 0 scores all.
+    quantize: None (default: the weights as loaded, exact), "int8" or "int4": weight-only
+        quantization of target and draft onto specdec's batch-invariant CPU kernels
+        (:mod:`specdec.runners.quantize`; CPU only; a .gguf keeps its Q4_0 / Q4_1 / Q4_K tensors
+        as they are). Greedy speculative output is then token-for-token the quantized target's
+        own greedy output. ``quantization`` reports what was done per model.
+    quantize_group: inputs per int4 group (even; default 128).
     """
 
     def __init__(
@@ -89,6 +96,8 @@ class SpeculativeDecoder:
         stop_strings=(),
         prepack: bool = True,
         draft_vocab: int = DEFAULT_DRAFT_VOCAB,
+        quantize: str | None = None,
+        quantize_group: int | None = None,
         log=None,
     ) -> None:
         if target_model_name is None:
@@ -105,8 +114,14 @@ class SpeculativeDecoder:
             stop_strings=normalize_stop_strings(stop_strings),
         )
         self.config.validate()
+        quantize, quantize_group = check_mode(quantize, quantize_group)
         self.device = resolve_device(device)
+        if quantize and self.device.type != "cpu":
+            raise UsageError(f"quantize={quantize!r} runs on the CPU kernels only; use device='cpu' (got {self.device})")
+        self.quantization: dict[str, dict] = {}
         self.target: LoadedModel = load_model(target_model_name, self.device, dtype, tokenizer, log)
+        if quantize:
+            self.quantization["target"] = _quantize(self.target, quantize, quantize_group, log)
         eos_ids = eos_token_ids(self.target.model, self.target.tokenizer)
         self.engine = Engine(self.target.model, self.target.tokenizer, self.device, eos_ids, prepack=prepack)
         self.prepack_notes = [f"target: {self.engine.pack_report.note}"]
@@ -116,6 +131,8 @@ class SpeculativeDecoder:
         if drafter == "model":
             self.draft = load_model(approx_model_name, self.device, dtype, draft_tokenizer or tokenizer, log)
             check_same_tokenizer(self.target.tokenizer, self.draft.tokenizer, self.target.source, self.draft.source)
+            if quantize:
+                self.quantization["draft"] = _quantize(self.draft, quantize, quantize_group, log)
             policy = DraftLengthPolicy(draft_schedule, confidence_threshold, gate=draft_gate)
             keep_ids = special_token_ids(self.target.model, self.target.tokenizer)
             self.drafter = ModelDraft(
@@ -177,3 +194,10 @@ class SpeculativeDecoder:
         if unknown:
             raise UsageError(f"unknown generation setting(s): {', '.join(sorted(unknown))}")
         return replace(self.config, **overrides)
+
+
+def _quantize(loaded: LoadedModel, mode: str, group_size: int | None, log) -> dict:
+    """Quantizes a loaded model in place (a .gguf keeps its exact Q4 tensors); the report as a dict."""
+    gguf = loaded.source if loaded.source.lower().endswith(".gguf") else None
+    named = (lambda message: log(f"{loaded.source}: {message}")) if log else None
+    return quantize_model(loaded.model, mode, group_size, gguf_path=gguf, log=named).as_dict()

@@ -158,3 +158,12 @@ def test_published_names_still_import():
     from specdec.engine import drafters
 
     assert old is drafters and hasattr(old, "ModelDraft")
+
+
+def test_rowwise_widths_cover_every_verification_width():
+    """A verification forward feeds the last token and up to MAX_DRAFT_WINDOW drafts: every such
+    width must take the batch-invariant row-by-row path of quantized models."""
+    from specdec.engine.loop import MAX_DRAFT_WINDOW
+    from specdec.runners.rowwise_attention import MAX_ROWWISE
+
+    assert MAX_ROWWISE >= MAX_DRAFT_WINDOW + 1

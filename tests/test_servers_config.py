@@ -87,7 +87,7 @@ def test_vllm_offline_mapping_needs_no_vllm():
         "methods": ["target", "speculative", "ngram:gamma=6"]}}, environ={}))}
     assert llm_kwargs(config, specs["target"]) == {"model": "org/target", "tensor_parallel_size": 2, "seed": 3,
                                                    "gpu_memory_utilization": 0.8, "max_model_len": 4096,
-                                                   "dtype": "bfloat16"}
+                                                   "dtype": "bfloat16", "disable_log_stats": False}
     assert llm_kwargs(config, specs["speculative"])["speculative_config"] == {
         "method": "draft_model", "model": "org/draft", "num_speculative_tokens": 4}
     assert llm_kwargs(config, specs["ngram:gamma=6"])["speculative_config"] == {
@@ -102,5 +102,45 @@ def test_vllm_offline_without_vllm_is_one_line(tmp_path, monkeypatch):
     prompts.write_text('{"prompt": "hi"}\n')
     config = {"model": "org/target", "engine": {"backend": "vllm"}, "workload": {"benchmark": str(prompts)},
               "run": {"methods": ["target"], "monitor": False}}
-    with pytest.raises(UsageError, match=r"^engine.backend vllm needs vLLM, which is not installed here: pip install vllm"):
+    with pytest.raises(UsageError, match=r"^engine.backend vllm needs vLLM in this Python, which does not have it: run "
+                                        r"bash scripts/setup-vllm.sh"):
         BenchmarkRunner(config, tmp_path / "run", progress=False).run()
+
+
+def test_vllm_offline_stat_logging_eager_and_request_times():
+    from types import SimpleNamespace
+
+    from specdec.bench.backends.vllm_offline import request_times
+
+    config = _config(engine={"backend": "vllm", "enforce_eager": True, "dtype": "auto"})
+    spec = check_methods(load_config(base={**config.to_dict(), "run": {"methods": ["target"]}}, environ={}))[0]
+    kwargs = llm_kwargs(config, spec)
+    assert kwargs["disable_log_stats"] is False and kwargs["enforce_eager"] is True and "dtype" not in kwargs
+    # vLLM V1 RequestStateStats: latency from arrival, *_ts on the engine's monotonic clock
+    v1 = SimpleNamespace(metrics=SimpleNamespace(first_token_latency=0.15, first_token_ts=1490.41,
+                                                 last_token_ts=1491.83, arrival_time=1796308454.62))
+    ttft, e2e = request_times(v1, 9.0)
+    assert ttft == 0.15 and abs(e2e - (0.15 + 1.42)) < 1e-9
+    off = SimpleNamespace(metrics=SimpleNamespace(first_token_latency=0.0, first_token_ts=0.0, last_token_ts=0.0))
+    assert request_times(off, 9.0) == (None, 9.0)  # stat logging off
+    old = SimpleNamespace(metrics=SimpleNamespace(arrival_time=10.0, first_token_time=10.5, last_token_time=12.0))
+    assert request_times(old, 9.0) == (0.5, 2.0)
+    assert request_times(SimpleNamespace(metrics=None), 9.0) == (None, 9.0)
+
+
+def test_vllm_offline_sets_the_cpu_environment(monkeypatch):
+    import os
+
+    from specdec.bench.backends import vllm_offline
+
+    for name in ("VLLM_CPU_KVCACHE_SPACE", "VLLM_CPU_OMP_THREADS_BIND", "VLLM_CPU_NUM_OF_RESERVED_CPU", "LD_PRELOAD"):
+        monkeypatch.setenv(name, "x")  # recorded, so that what set_cpu_env sets is removed afterwards
+        monkeypatch.delenv(name)
+    monkeypatch.setattr("specdec.bench.backends.server.settings.has_cuda", lambda: False)
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1})
+    notes = []
+    config = _config(engine={"backend": "vllm", "tensor_parallel_size": 2, "cpu_kvcache_gib": 2})
+    env = vllm_offline.set_cpu_env(config, notes.append)
+    assert env == {"VLLM_CPU_KVCACHE_SPACE": "2", "VLLM_CPU_OMP_THREADS_BIND": "0|1", "VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}
+    assert os.environ["VLLM_CPU_OMP_THREADS_BIND"] == "0|1"
+    assert len(notes) == 1 and "LD_PRELOAD cannot be set inside a running process" in notes[0]

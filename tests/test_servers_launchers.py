@@ -22,7 +22,9 @@ from specdec.bench.backends.server.settings import server_settings
 # common/arg.cpp of the 11434.0.0 source tree we build (also checked against --help below).
 DOCUMENTED = {
     "vllm": {"--host", "--port", "--tensor-parallel-size", "--gpu-memory-utilization", "--max-model-len",
-             "--max-num-seqs", "--served-model-name", "--seed", "--speculative-config"},
+             "--max-num-seqs", "--served-model-name", "--seed", "--speculative-config",
+             # python -m vllm.entrypoints.openai.api_server (the CPU build's `vllm` command fails)
+             "-m", "--model", "--dtype", "--enforce-eager"},
     "sglang": {"--model-path", "--host", "--port", "--tp-size", "--mem-fraction-static", "--context-length",
                "--max-running-requests", "--served-model-name", "--random-seed", "--enable-metrics",
                "--speculative-algorithm", "--speculative-draft-model-path", "--speculative-num-steps",
@@ -52,7 +54,8 @@ def _flags(argv):
     return {a for a in argv[1:] if a.startswith("-") and not a.lstrip("-").replace(".", "").isdigit()}
 
 
-def test_vllm_command_lines():
+def test_vllm_command_lines(monkeypatch, tmp_path):
+    monkeypatch.setenv("SPECDEC_VLLM_ENV", str(tmp_path / "no-env"))  # no setup-vllm.sh env: `vllm serve`
     assert _argv("vllm", "target") == ["vllm", "serve", "org/target", "--host", "127.0.0.1", "--port", "8123",
                                        "--tensor-parallel-size", "1", "--seed", "7"]
     argv = _argv("vllm", "speculative", tensor_parallel_size=4, gpu_memory_utilization=0.85, max_model_len=4096,
@@ -201,7 +204,8 @@ def test_missing_executable_and_port_in_use(tmp_path):
     with pytest.raises(ServerError, match=r"llama.cpp: executable .*no-such-llama-server' not found: run bash "
                                           r"scripts/build-llama-server.sh"):
         missing.start()
-    with pytest.raises(ServerError, match=r"vllm: executable 'no-such-vllm-here' not found: pip install vllm"):
+    with pytest.raises(ServerError, match=r"vllm: executable 'no-such-vllm-here' not found: run bash "
+                                          r"scripts/setup-vllm.sh"):
         ServerProcess("vllm", ["no-such-vllm-here", "serve"], "127.0.0.1", free_port(), tmp_path / "log").start()
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
@@ -224,3 +228,132 @@ def test_cli_missing_server_is_one_line_and_exit_code_1(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 1
     assert err[-1].startswith(f"specdec: error: llama.cpp: executable '{tmp_path}/no-llama-server' not found")
+
+
+# --------------------------------------------------------------------------------------------
+# vLLM's CPU build (issue #18)
+def _fake_env(tmp_path, preload="LD_PRELOAD=/env/lib/libiomp5.so:/lib/libtcmalloc_minimal.so.4"):
+    env = tmp_path / "vllm-env"
+    (env / "bin").mkdir(parents=True)
+    (env / "bin" / "python").write_text("")
+    (env / "specdec-vllm.env").write_text(preload + "\n")
+    return env
+
+
+def test_vllm_runs_the_api_server_module_of_the_setup_env(monkeypatch, tmp_path):
+    env = _fake_env(tmp_path)
+    monkeypatch.setenv("SPECDEC_VLLM_ENV", str(env))
+    argv = _argv("vllm", "ngram", dtype="float32", enforce_eager=True)
+    assert argv[:5] == [str(env / "bin" / "python"), "-m", "vllm.entrypoints.openai.api_server", "--model", "org/target"]
+    assert argv[argv.index("--dtype") + 1] == "float32" and "--enforce-eager" in argv
+    assert "--dtype" not in _argv("vllm", "target", dtype="auto") and "--enforce-eager" not in _argv("vllm", "target")
+    # engine.executable: a Python, or a vllm console script whose #! names its Python
+    assert _argv("vllm", "target", executable="/opt/py/bin/python3.11")[:3] == [
+        "/opt/py/bin/python3.11", "-m", "vllm.entrypoints.openai.api_server"]
+    script = tmp_path / "vllm"
+    script.write_text("#!/opt/venv/bin/python3\nimport sys\n")
+    assert _argv("vllm", "target", executable=str(script))[:2] == ["/opt/venv/bin/python3", "-m"]
+    script.write_text("#!/bin/sh\nexec true\n")
+    assert _argv("vllm", "target", executable=str(script))[:2] == [str(script), "serve"]
+    assert {"-m", "--model", "--dtype", "--enforce-eager"} <= set(_flags(argv)) <= DOCUMENTED["vllm"]
+    sglang = _argv("sglang", "target", dtype="bfloat16")
+    assert sglang[sglang.index("--dtype") + 1] == "bfloat16"
+
+
+def test_vllm_cpu_environment(monkeypatch, tmp_path):
+    from specdec.bench.backends.server.settings import cpu_thread_bind, vllm_cpu_env
+
+    env_dir = _fake_env(tmp_path)
+    monkeypatch.setenv("SPECDEC_VLLM_ENV", str(env_dir))
+    config = _config(launch="vllm")
+    env, notes = vllm_cpu_env(config, preload=True, cuda=False, environ={})
+    assert 1 <= int(env["VLLM_CPU_KVCACHE_SPACE"]) <= 8 and notes == []
+    assert env["LD_PRELOAD"] == "/env/lib/libiomp5.so:/lib/libtcmalloc_minimal.so.4"
+    assert "VLLM_CPU_OMP_THREADS_BIND" not in env  # TP 1: vLLM's own "auto" binding
+    assert vllm_cpu_env(config, preload=True, cuda=True, environ={}) == ({}, [])
+    # the user's own settings win; keys override
+    kept, _ = vllm_cpu_env(config, preload=True, cuda=False, environ={"VLLM_CPU_KVCACHE_SPACE": "3", "LD_PRELOAD": "x"})
+    assert "VLLM_CPU_KVCACHE_SPACE" not in kept and "LD_PRELOAD" not in kept
+    tp2 = _config(launch="vllm", tensor_parallel_size=2, cpu_kvcache_gib=1.5)
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1})
+    env, _ = vllm_cpu_env(tp2, preload=False, cuda=False, environ={})
+    assert env == {"VLLM_CPU_KVCACHE_SPACE": "1.5", "VLLM_CPU_OMP_THREADS_BIND": "0|1",
+                   "VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}
+    bound, _ = vllm_cpu_env(_config(launch="vllm", tensor_parallel_size=2, cpu_threads_bind="0-3|4-7"),
+                            preload=False, cuda=False, environ={})
+    assert bound["VLLM_CPU_OMP_THREADS_BIND"] == "0-3|4-7"
+    assert cpu_thread_bind(2, list(range(8))) == "0-3|4-7" and cpu_thread_bind(3, [0, 2, 4, 6, 8, 10]) == "0,2|4,6|8,10"
+    with pytest.raises(Exception, match="needs 4 cores, 2 are allowed"):
+        cpu_thread_bind(4, [0, 1])
+    (env_dir / "specdec-vllm.env").write_text("LD_PRELOAD=\n")  # neither library could be installed
+    _, notes = vllm_cpu_env(config, preload=True, cuda=False, environ={})
+    assert len(notes) == 1 and "without Intel OpenMP" in notes[0]
+
+
+def test_server_environment_goes_into_the_log_header(tmp_path):
+    port = free_port()
+    script = "import os; print('KV', os.environ.get('VLLM_CPU_KVCACHE_SPACE'), flush=True)\n" + HEALTHY
+    with ServerProcess("llama.cpp", [sys.executable, "-c", script, str(port)], "127.0.0.1", port,
+                       tmp_path / "s.log", env={"VLLM_CPU_KVCACHE_SPACE": "2"}):
+        pass
+    lines = (tmp_path / "s.log").read_text().splitlines()
+    assert "# env VLLM_CPU_KVCACHE_SPACE=2" in lines and "KV 2" in lines
+
+
+VLLM_START_FAILURE = """\
+$ python -m vllm.entrypoints.openai.api_server --model m
+(EngineCore pid=12) ERROR 12-03 14:02:11 [core.py:1] EngineCore failed to start.
+Traceback (most recent call last):
+  File "x.py", line 1, in <module>
+ValueError: Available memory on node 0 (11.9/16.09 GiB) on startup is less than desired CPU memory utilization
+RuntimeError: Engine core initialization failed. See root cause above. Failed core proc(s): {}
+"""
+
+
+def test_start_errors_name_the_first_real_error_and_the_dtype_parser(tmp_path):
+    from specdec.bench.backends.server.launchers import dtype_from_log, first_error_line
+
+    log = tmp_path / "v.log"
+    log.write_text(VLLM_START_FAILURE)
+    assert first_error_line(log).startswith("ValueError: Available memory on node 0")
+    log.write_text("$ x\nstarting\nsomething odd happened\n")
+    assert first_error_line(log) == "something odd happened"
+    log.write_text("$ x\nINFO 12-03 [core.py:93] Initializing a V1 LLM engine (v0.32.0) with config: model='m', "
+                   "tokenizer='m', dtype=torch.float32, max_seq_len=2048, kv_cache_dtype=auto, seed=0\n")
+    assert dtype_from_log("vllm", log) == "float32"
+    log.write_text("$ x\nINFO loading\n")
+    assert dtype_from_log("vllm", log) is None and dtype_from_log("vllm", tmp_path / "missing") is None
+    log.write_text("server_args=ServerArgs(model_path='m', dtype='bfloat16', kv_cache_dtype='auto')\n")
+    assert dtype_from_log("sglang", log) == "bfloat16"
+
+
+ORPHAN = """
+import subprocess, sys, time
+child = subprocess.Popen([sys.executable, "-c", "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(120)"])
+print("child", child.pid, flush=True)
+""" + HEALTHY
+
+
+def test_stop_ends_the_group_even_when_the_leader_is_gone(tmp_path):
+    """vLLM's EngineCore outlives a killed API server (and ignores SIGTERM for a while): stop()
+    signals the whole group until it is empty."""
+    import os
+    import re
+    import signal
+    import time
+
+    port = free_port()
+    server = ServerProcess("llama.cpp", [sys.executable, "-c", ORPHAN, str(port)], "127.0.0.1", port, tmp_path / "o.log")
+    with server:
+        deadline = time.monotonic() + 10
+        while not re.search(r"^child \d+$", (tmp_path / "o.log").read_text(), re.M) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        child = int(re.search(r"^child (\d+)$", (tmp_path / "o.log").read_text(), re.M).group(1))
+        os.kill(server.process.pid, signal.SIGKILL)  # the leader dies, its child lives on in the group
+        server.process.wait()
+        os.kill(child, 0)
+        server.stop(grace_s=0.5)
+    with pytest.raises(ProcessLookupError):
+        os.killpg(server.process.pid, 0)
+    with pytest.raises(ProcessLookupError):
+        os.kill(child, 0)

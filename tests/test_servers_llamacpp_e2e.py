@@ -98,3 +98,83 @@ def test_a_draft_that_does_not_draft_is_an_error(llama_server, stories_gguf, sha
     config["run"]["methods"] = ["speculative"]
     with pytest.raises(ServerError, match=r"speculative@4: llama.cpp reported 0 drafts although a draft was configured"):
         BenchmarkRunner(config, tmp_path / "run", progress=False).run()
+
+
+def _write_config(path: Path, config: dict) -> Path:
+    import yaml
+
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_a_server_killed_mid_run_fails_what_it_left_and_resume_finishes(llama_server, stories_gguf, shared_data,
+                                                                        tmp_path):
+    """Issue #18 item 6: the server dies (SIGKILL from here) after its first answers: the
+    requests in flight and after become failed records with one line each, the run stops with
+    exit code 1 and one line, nothing measured is lost, and --resume finishes against a new server."""
+    import json
+    import signal
+    import time
+
+    import psutil
+
+    config = _config(stories_gguf, shared_data / "spec_bench" / "question.jsonl")
+    config["workload"]["num_prompts"] = 12
+    config["generation"]["max_tokens"] = 64
+    config["load"] = {"mode": "poisson", "rate": [3]}
+    config["run"]["methods"] = ["target"]
+    config_path = _write_config(tmp_path / "kill.yaml", config)
+    out = tmp_path / "run"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    child = subprocess.Popen([sys.executable, "-m", "specdec", "bench", "--config", str(config_path), "--output-dir",
+                              str(out), "--no-progress"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             env=env)
+    responses = out / "responses.jsonl"
+    killed = None
+    deadline = time.monotonic() + 240
+    while killed is None and time.monotonic() < deadline and child.poll() is None:
+        if responses.is_file() and responses.read_text().count("\n") >= 2:
+            for process in psutil.Process(child.pid).children(recursive=True):
+                if "llama-server" in process.name():
+                    process.send_signal(signal.SIGKILL)
+                    killed = process.pid
+        time.sleep(0.05)
+    _, stderr = child.communicate(timeout=120)
+    assert killed is not None, f"the run ended before the server could be killed: {stderr[-1500:]}"
+    assert child.returncode == 1, stderr[-1500:]
+    error_lines = [line for line in stderr.splitlines() if "stopped during the run" in line]
+    assert len(error_lines) == 1 and "--resume" in error_lines[0]
+    assert "Traceback" not in stderr
+    records = [json.loads(line) for line in responses.read_text().splitlines()]
+    ok = [r for r in records if r["ok"]]
+    failed = [r for r in records if not r["ok"]]
+    assert len(ok) >= 2 and failed, "answers before the kill are kept, the rest failed"
+    assert all(r["engine_stopped"] and "\n" not in r["error"] for r in failed)
+    assert (out / "metrics.json").is_file()  # the aggregates of what was measured are written
+
+    resumed = subprocess.run([sys.executable, "-m", "specdec", "bench", "--resume", "--output-dir", str(out),
+                              "--no-progress"], capture_output=True, text=True, env=env, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    row = metrics["summary"]["methods"]["target@3"]
+    assert row["requests_sent"] == 12 and row["failed"] == 0 and row["requests"] == 12
+    kept = {r["key"]: r for r in metrics["records"]}
+    for record in ok:  # measured before the kill: kept as they were, not run again
+        assert kept[record["key"]]["finished_utc"] == record["finished_utc"]
+
+
+def test_a_request_the_server_refuses_fails_that_request_only(llama_server, stories_gguf, tmp_path):
+    """An HTTP error on one request (a prompt longer than the server's context) fails it alone."""
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"id": "short", "prompt": "Once upon a time"}\n'
+                       '{"id": "long", "prompt": "' + "the cat sat on the mat. " * 400 + '"}\n'
+                       '{"id": "short2", "prompt": "The dog ran"}\n')
+    config = _config(stories_gguf, prompts)
+    config["load"] = {"mode": "fixed"}
+    config["run"]["methods"] = ["target"]
+    config["workload"]["num_prompts"] = 3
+    metrics = BenchmarkRunner(config, tmp_path / "run", progress=False).run()
+    by_id = {r["prompt_id"]: r for r in metrics["records"]}
+    assert by_id["short"]["ok"] and by_id["short2"]["ok"]
+    assert not by_id["long"]["ok"] and by_id["long"]["error"].startswith("HTTP 4")
+    assert not by_id["long"].get("engine_stopped")

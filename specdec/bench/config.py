@@ -43,6 +43,10 @@ FIELDS: dict[str, tuple[Any, Any, str]] = {
     "speculative.draft_gate": (bool, True, "adaptive schedule, greedy: draft length 0 while drafting steps are slower per token than plain ones"),
     "speculative.unsupported": ("list", [], "speculative_config entries (S3 shape) the native drafters cannot honour; reported"),
     "speculative.draft_vocab": (int, DEFAULT_DRAFT_VOCAB, "draft scores only this many frequent ids (+ prompt's) when the vocabulary is over twice as large; 0 = all"),
+    "target.quantize": (str, None, "CPU: int8 or int4 weight-only target weights on specdec's batch-invariant kernels (a .gguf keeps its Q4 tensors); unset = as loaded"),
+    "target.quantize_group": (int, 128, "inputs per int4 group of the target (even)"),
+    "speculative.quantize": (str, None, "the draft's quantization: int8, int4 or none; unset = the same as model.quantize"),
+    "speculative.quantize_group": (int, None, "inputs per int4 group of the draft (even); unset = model.quantize_group"),
     "engine.prepack": (bool, True, "CPU bf16/fp16: decode on oneDNN-prepacked weights where bit-identical"),
     "engine.backend": (str, "native", "native (specdec + transformers), openai (a server: docs/serving.md) or vllm (vllm.LLM in this process)"),
     "engine.device": (str, "auto", "auto, cpu, cuda, cuda:N, mps"),
@@ -82,6 +86,9 @@ FIELDS: dict[str, tuple[Any, Any, str]] = {
     "engine.spec_type": (str, None, "the engine's own drafting method name (vLLM method, SGLang algorithm, llama.cpp --spec-type)"),
     "engine.metrics": (bool, True, "read the server's speculation counters on /metrics"),
     "engine.startup_timeout_s": (float, 600.0, "seconds a launched server may take to answer its health check"),
+    "engine.enforce_eager": (bool, False, "vLLM: --enforce-eager / LLM(enforce_eager=True): no torch.compile (starts in a minute on CPU, not 3-5)"),
+    "engine.cpu_kvcache_gib": (float, None, "vLLM CPU build: VLLM_CPU_KVCACHE_SPACE in GiB (default: a quarter of available memory, 1-8)"),
+    "engine.cpu_threads_bind": (str, None, "vLLM CPU build: VLLM_CPU_OMP_THREADS_BIND (default with tensor_parallel_size > 1: allowed cores split per rank, e.g. 0|1)"),
     "engine.request_timeout_s": (float, 600.0, "seconds one streamed request may take"),
     "load.max_concurrency": (int, None, "servers: at most this many requests in flight (the rest wait on the client)"),
     "load.slo_ttft_ms": (float, None, "servers: goodput counts requests with TTFT at most this (ms)"),
@@ -100,11 +107,30 @@ CHOICES = {
     "speculative.method": ("model", "ngram"),
     "speculative.draft_schedule": ("constant", "adaptive"),
     "speculative.ngram_match": ("earliest", "latest"),
+    "target.quantize": ("int8", "int4", "none"),
+    "speculative.quantize": ("int8", "int4", "none"),
     "load.mode": ("fixed", "poisson", "constant", "burst"),
     "engine.backend": ("native", "vllm", "openai"),
     "engine.launch": ("vllm", "sglang", "llama.cpp"),
     "engine.api": ("auto", "chat", "completions"),
 }
+
+#: What a config file or flag may write -> the key it sets. ``model`` is the target's path (a
+#: string, as ever); written as a mapping it also takes the target's quantization:
+#: ``model: {path: ..., quantize: int4, quantize_group: 128}`` or ``--set model.quantize=int4``.
+ALIASES = {"model.path": "model", "model.name": "model", "model.quantize": "target.quantize",
+           "model.quantize_group": "target.quantize_group"}
+
+#: Keys added after results folders existed: left out of a config's hash while at their default,
+#: so that a folder written before them still resumes (its config hashes as it did then).
+LATER_KEYS = {"target.quantize", "target.quantize_group", "speculative.quantize", "speculative.quantize_group",
+              "engine.enforce_eager", "engine.cpu_kvcache_gib", "engine.cpu_threads_bind"}
+
+
+def canonical(key: str) -> str:
+    """The config key that ``key`` (perhaps an alias) sets."""
+    return ALIASES.get(key, key)
+
 
 #: Keys that do not change what is measured: a resumed run may change them freely.
 #: (Raising num_prompts or repeats extends a run: the earlier prompts stay a prefix.)
@@ -212,7 +238,10 @@ def _flatten(tree: dict, where: str, prefix: str = "") -> dict:
     if not isinstance(tree, dict):
         raise UsageError(f"{where}: the config must be a mapping of sections (model:, generation:, ...), got {type(tree).__name__}")
     for name, value in tree.items():
-        key = f"{prefix}{name}"
+        key = canonical(f"{prefix}{name}")
+        if key == "model" and isinstance(value, dict) and not prefix:
+            flat.update(_flatten(value, where, "model."))  # model: {path: ..., quantize: ...}
+            continue
         if key in FIELDS:
             flat[key] = value
         elif isinstance(value, dict) and any(f.startswith(key + ".") for f in FIELDS):
@@ -315,7 +344,7 @@ def parse_set(items: list[str]) -> dict:
     flat = {}
     for item in items or []:
         key, sep, raw = item.partition("=")
-        key = key.strip()
+        key = canonical(key.strip())
         if not sep:
             raise UsageError(f"--set {item!r}: write --set section.key=value, e.g. --set generation.top_k=20")
         if key not in FIELDS:
@@ -337,9 +366,10 @@ class BenchConfig:
     explicit: dict = field(default_factory=dict)  # dotted key -> source
 
     def get(self, key: str):
-        return _get(self.values, key)
+        return _get(self.values, canonical(key))
 
     def set(self, key: str, value, source: str = "code") -> None:
+        key = canonical(key)
         if key not in FIELDS:
             raise UsageError(f"unknown config key {key!r}; known keys: {', '.join(FIELDS)}")
         _set(self.values, key, coerce(key, value, source))
@@ -399,7 +429,8 @@ class BenchConfig:
             # Under load the arrival schedule cycles over the prompts: another prompt count is
             # another schedule, not an extension of this one.
             exempt.discard("workload.num_prompts")
-        flat = {key: _get(self.values, key) for key in FIELDS if key not in exempt}
+        flat = {key: _get(self.values, key) for key in FIELDS if key not in exempt
+                and not (key in LATER_KEYS and _get(self.values, key) == FIELDS[key][1])}
         flat["run.methods"] = self.methods
         blob = json.dumps(flat, sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]

@@ -114,7 +114,9 @@ def notes(metrics: dict) -> list[str]:
         lines.append("sampling: output lengths differ per method; compare 'tok/s ratio' as well as the per-prompt speedup")
     manifest = metrics.get("manifest") or {}
     if manifest:
-        lines.append(f"{manifest.get('device_name')} | {manifest.get('dtype')} | torch {manifest['packages'].get('torch')} | "
+        served = sorted({s["engine_dtype"] for s in methods.values() if s.get("engine_dtype")})
+        dtype = f"{'/'.join(served)} (as the engine ran it)" if served else manifest.get('dtype')
+        lines.append(f"{manifest.get('device_name')} | {dtype} | torch {manifest['packages'].get('torch')} | "
                      f"transformers {manifest['packages'].get('transformers')} | threads {manifest.get('torch_threads')} | "
                      f"specdec {(manifest.get('specdec_git') or {}).get('commit') or 'unknown'}"[:160])
     return lines

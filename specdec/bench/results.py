@@ -128,8 +128,10 @@ class ResultsDir:
             png.unlink()
 
     def load_records(self, repair: bool = False) -> list[dict]:
-        """Every complete record of responses.jsonl. A last line cut short by a kill is dropped
-        (and, with ``repair``, cut from the file so that appending continues cleanly)."""
+        """Every complete record of responses.jsonl, the last one of each key (a request that
+        failed because its engine stopped is sent again on resume, and the new record stands for
+        it). A last line cut short by a kill is dropped (and, with ``repair``, cut from the file
+        so that appending continues cleanly)."""
         if not self.responses.is_file():
             return []
         data = self.responses.read_bytes()
@@ -151,7 +153,8 @@ class ResultsDir:
         if repair and good_end < len(data):
             with self.responses.open("r+b") as f:
                 f.truncate(good_end)
-        return records
+        last = {record.get("key"): index for index, record in enumerate(records)}
+        return [record for index, record in enumerate(records) if last[record.get("key")] == index]
 
     def append(self, record: dict) -> None:
         """Append one record and make it durable (flush + fsync) before returning."""

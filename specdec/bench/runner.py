@@ -133,7 +133,9 @@ class BenchmarkRunner:
         found = self.results.prepare(config, self.overwrite, note=self._print)
         if found:
             self._print(f"resuming {self.results.path}: {found} finished request(s) kept")
-        done = {r["key"]: r for r in self.results.load_records()}
+        # A request that failed because its engine stopped (a server that died) is not done:
+        # a resumed run sends it again.
+        done = {r["key"]: r for r in self.results.load_records() if not r.get("engine_stopped")}
         self.models = Models(config, self.log)  # loads on first use (never, for a server run)
         run = RunContext(config, self.models, self.results.path, log=self._line)
         backends = {s.label: make_backend(s, run) for s in specs}

@@ -137,15 +137,19 @@ def _read_text(path: Path, seen: set) -> list[Prompt]:
 
 
 def read_prompts(source: str | Path) -> list[Prompt]:
-    """Every prompt of ``source`` (file or ShareGPT folder), in file order; UsageError with file,
-    line and problem on the first malformed record."""
+    """Every prompt of ``source`` (a file, a Spec-Bench / EAGLE folder holding question.jsonl, or a
+    ShareGPT folder), in file order; UsageError with file, line and problem on the first
+    malformed record."""
     path = Path(source).expanduser()
     seen: set = set()
     SKIPPED.clear()
+    if path.is_dir() and (path / "question.jsonl").is_file():
+        path = path / "question.jsonl"  # the Spec-Bench / EAGLE layout: data/<set>/question.jsonl
     if path.is_dir():
         files = [path / name for name in SHAREGPT_FILES if (path / name).is_file()]
         if not files:
-            raise UsageError(f"{path} is a folder without ShareGPT files: expected one of {', '.join(SHAREGPT_FILES)}")
+            raise UsageError(f"{path} is a folder without prompts: expected question.jsonl (Spec-Bench, EAGLE) or one "
+                             f"of {', '.join(SHAREGPT_FILES)} (ShareGPT)")
         prompts = []
         for file in files:
             prompts.extend(_read_json(file, seen) if file.suffix == ".json" else _read_jsonl(file, seen))

@@ -16,12 +16,6 @@ from specdec.cli.command import build_parser, entry, main
 __all__ = ["build_parser", "entry", "main"]
 
 
-def __getattr__(name: str):
-    """Names of the old flat module ``specdec.cli`` (now :mod:`specdec.cli.command`)."""
-    import importlib
+from specdec import old_names  # noqa: E402
 
-    module = importlib.import_module("specdec.cli.command")
-    try:
-        return getattr(module, name)
-    except AttributeError:
-        raise AttributeError(f"module 'specdec.cli' has no attribute {name!r}") from None
+__getattr__ = old_names(__name__, "specdec.cli.command")  # the old flat module's other names

@@ -67,6 +67,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--draft_vocab", type=int, default=DEFAULT_DRAFT_VOCAB,
                         help="draft scores only this many frequent token ids plus the prompt's when the vocabulary "
                         f"is over twice as large (lossless; 0 = all; default {DEFAULT_DRAFT_VOCAB})")
+    parser.add_argument("--quantize", default=None, metavar="int8|int4",
+                        help="CPU: weight-only int8 / int4 weights for target and draft on specdec's batch-invariant "
+                        "kernels (greedy output stays token-for-token the quantized target's; a .gguf keeps its Q4 "
+                        "tensors); default: the weights as loaded")
+    parser.add_argument("--quantize_group", "--group_size", dest="quantize_group", type=int, default=None,
+                        help="inputs per int4 group, even (default 128)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     return parser
 
@@ -79,6 +85,14 @@ def settings_from_args(args: argparse.Namespace) -> dict:
         raise UsageError(f"--max_new_tok must be >= 1, got {args.max_new_tok}")
     if args.draft_vocab < 0:
         raise UsageError(f"--draft_vocab must be >= 0 (0 scores the whole vocabulary), got {args.draft_vocab}")
+    from specdec.runners.quantize import check_mode
+
+    try:
+        check_mode(args.quantize, args.quantize_group)
+    except UsageError as error:
+        raise UsageError(f"--quantize / --quantize_group: {error}") from None
+    if args.quantize_group is not None and args.quantize != "int4":
+        raise UsageError("--quantize_group applies to --quantize int4 only")
     device = args.device
     if args.gpu is not None:
         if args.gpu < 0:
@@ -106,6 +120,8 @@ def settings_from_args(args: argparse.Namespace) -> dict:
         stop_strings=tuple(args.stop),
         prepack=args.prepack,
         draft_vocab=args.draft_vocab,
+        quantize=args.quantize,
+        quantize_group=args.quantize_group,
     )
 
 
@@ -127,6 +143,7 @@ def run_main(argv: list[str]) -> int:
     for line in filter(None, (configure_threads(decoder.device), busy_warning() if decoder.device.type == "cpu" else None)):
         status.print(f"specdec: {line}")  # also with --json: stderr, so stdout stays one JSON object
     report = compare(decoder, args.prompt, chat=args.chat)
+    report["quantization"] = decoder.quantization or None
     if args.json:
         print(json.dumps(report, indent=2))
     else:

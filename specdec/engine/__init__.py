@@ -16,12 +16,6 @@ from specdec.engine.loop import Engine, GenerationConfig, GenerationResult
 __all__ = ["Engine", "GenerationConfig", "GenerationResult"]
 
 
-def __getattr__(name: str):
-    """Names of the old flat module ``specdec.engine`` (now :mod:`specdec.engine.loop`)."""
-    import importlib
+from specdec import old_names  # noqa: E402
 
-    module = importlib.import_module("specdec.engine.loop")
-    try:
-        return getattr(module, name)
-    except AttributeError:
-        raise AttributeError(f"module 'specdec.engine' has no attribute {name!r}") from None
+__getattr__ = old_names(__name__, "specdec.engine.loop")  # the old flat module's other names

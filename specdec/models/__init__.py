@@ -9,12 +9,6 @@ Never the engine, the harness, the commands or the published API.
 """
 
 
-def __getattr__(name: str):
-    """Names of the old flat module ``specdec.models`` (now :mod:`specdec.models.loading`)."""
-    import importlib
+from specdec import old_names  # noqa: E402
 
-    module = importlib.import_module("specdec.models.loading")
-    try:
-        return getattr(module, name)
-    except AttributeError:
-        raise AttributeError(f"module 'specdec.models' has no attribute {name!r}") from None
+__getattr__ = old_names(__name__, "specdec.models.loading")  # the old flat module's other names

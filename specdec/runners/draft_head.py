@@ -73,10 +73,10 @@ def with_subset_head(model: torch.nn.Module, size: int, keep_ids=(), prepack: bo
     """A shallow copy of ``model`` whose LM head is a :class:`SubsetHead` over the ``size``
     lowest ids plus ``keep_ids``; None when the vocabulary is not larger than twice ``size``
     (the saving would not pay for the lost acceptance) or the model's head is not a plain
-    linear layer. ``model`` itself is not changed (it may also be the target)."""
+    linear layer (a quantized head's weight is a shape on the meta device). ``model`` itself is not changed (it may also be the target)."""
     head = model.get_output_embeddings()
     weight = getattr(head, "weight", None)
-    if weight is None or getattr(head, "bias", None) is not None or weight.shape[0] <= 2 * size:
+    if weight is None or weight.is_meta or getattr(head, "bias", None) is not None or weight.shape[0] <= 2 * size:
         return None
     name = next((n for n, m in model.named_children() if m is head), None)
     if name is None:

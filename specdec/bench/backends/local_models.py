@@ -8,6 +8,7 @@ from specdec.models.loading import LoadedModel, check_same_tokenizer, eos_token_
 from specdec.models.placement import check_offload, input_device, layer_record, plan_placement
 from specdec.engine.loop import Engine
 from specdec.runners.devices import resolve_device
+from specdec.runners.quantize import check_mode, quantization_of, quantize_model
 from specdec.runners.threads import busy_warning, configure_threads
 
 
@@ -32,6 +33,7 @@ class Models:
             self._target = load_model(self.config.get("model"), where.device, self.dtype_name, log=self.log,
                                       **where.load_kwargs())
             check_offload(self._target.model, "target")
+            self._quantize(self._target, self.config.get("target.quantize"), self.config.get("target.quantize_group"))
             self.device = input_device(self._target.model)  # where the engine's inputs go
         return self._target
 
@@ -48,6 +50,9 @@ class Models:
                 where = self.placement.draft
                 self._draft = load_model(source, where.device, self.dtype_name, log=self.log, **where.load_kwargs())
                 check_offload(self._draft.model, "draft")
+                mode = self.config.get("speculative.quantize") or self.config.get("target.quantize")
+                group = self.config.get("speculative.quantize_group") or self.config.get("target.quantize_group")
+                self._quantize(self._draft, mode, group)
                 check_same_tokenizer(self.target.tokenizer, self._draft.tokenizer, self.target.source, self._draft.source)
         return self._draft
 
@@ -57,6 +62,18 @@ class Models:
             t = self.target
             self._engine = Engine(t.model, t.tokenizer, self.device, self.eos_ids, prepack=self.config.get("engine.prepack"))
         return self._engine
+
+    def _quantize(self, loaded: LoadedModel, mode: str | None, group_size: int | None) -> None:
+        """Quantizes a loaded model in place when ``mode`` is int8 / int4 (CPU only); a .gguf
+        keeps its exact Q4 tensors. The report stays on the model (:func:`quantization_of`)."""
+        mode, group_size = check_mode(mode, group_size)
+        if mode is None:
+            return
+        if self.device.type != "cpu":
+            raise UsageError(f"model.quantize / speculative.quantize {mode} run on the CPU kernels only; "
+                             f"set engine.device cpu (got {self.device})")
+        gguf = loaded.source if loaded.source.lower().endswith(".gguf") else None
+        quantize_model(loaded.model, mode, group_size, gguf_path=gguf, log=lambda m: self.log(f"{loaded.source}: {m}"))
 
     def cuda_indices(self) -> list[int]:
         """The CUDA devices the loaded models sit on (for measuring only their energy)."""
@@ -76,6 +93,11 @@ class Models:
             record["target"] = layer_record(self._target.model)
         if self._draft is not None and self._draft is not self._target:
             record["draft"] = layer_record(self._draft.model)
+        record["quantization"] = {
+            role: (report.as_dict() if report else None)
+            for role, loaded in (("target", self._target), ("draft", self._draft)) if loaded is not None
+            for report in (quantization_of(loaded.model),)
+        }
         return record
 
     @property

@@ -44,6 +44,7 @@ class ServedBackend:
     in_process = False
     serving = "?"
     log_path = None
+    _noted: set = set()  # notes already shown in this process (say once)
 
     def __init__(self, spec: MethodSpec, run: RunContext) -> None:
         self.spec = spec
@@ -51,6 +52,14 @@ class ServedBackend:
         self.run = run
         self.config = run.config
         self.log = run.log
+        self.engine_info: dict = {}  # what the engine says it ran (dtype, environment, notes): server_metrics.json
+
+    def _note(self, line: str) -> None:
+        """A line for the user and the report, once per process."""
+        self.engine_info.setdefault("notes", []).append(line)
+        if line not in ServedBackend._noted:
+            ServedBackend._noted.add(line)
+            self.log(line)
 
     # --- what subclasses provide -----------------------------------------------------------
     def _start(self) -> None:
@@ -117,7 +126,7 @@ class ServedBackend:
             reading["counters"] = after.counters.minus(before.counters).to_dict()
         else:
             reading["reason"] = after.reason or before.reason
-        add_batch(folder, batch.row, batch.spec.label, self.serving, reading)
+        add_batch(folder, batch.row, batch.spec.label, self.serving, reading, info=self.engine_info)
         failed = [r for r in finished if not r.get("ok", True)]
         self.log(f"{batch.row}: {len(finished)} request(s) in {wall:.1f} s, {len(failed)} failed")
         for error, count in Counter(r["error"] for r in failed).most_common():

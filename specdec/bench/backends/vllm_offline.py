@@ -9,6 +9,7 @@ needs no vLLM and is unit-tested; :func:`import_vllm` is the one place that impo
 from __future__ import annotations
 
 import gc
+import os
 import time
 
 from specdec.bench import results as R
@@ -20,10 +21,11 @@ from specdec.bench.workloads import Job
 from specdec.errors import UsageError
 from specdec.bench.backends.server.launchers import vllm_speculative_config
 from specdec.bench.backends.server.openai_client import StreamResult
-from specdec.bench.backends.server.settings import drafting_for, local_path
+from specdec.bench.backends.server.settings import drafting_for, local_path, vllm_cpu_env, vllm_env_dir
 
-INSTALL_HINT = ("engine.backend vllm needs vLLM, which is not installed here: pip install vllm (a CUDA machine); "
-                "or use engine.backend openai with engine.launch vllm against a vLLM elsewhere")
+INSTALL_HINT = ("engine.backend vllm needs vLLM in this Python, which does not have it: run bash scripts/setup-vllm.sh "
+                f"and then {vllm_env_dir() / 'bin' / 'python'} -m specdec bench ... (its environment has specdec too); "
+                "or use engine.backend openai with engine.launch vllm")
 
 
 def import_vllm():
@@ -45,8 +47,11 @@ def llm_kwargs(config, spec) -> dict:
     for name, key in optional.items():
         if config.get(key) is not None:
             kwargs[name] = config.get(key)
-    if config.get("engine.dtype") != "auto":
+    if config.get("engine.dtype") not in (None, "auto"):
         kwargs["dtype"] = config.get("engine.dtype")
+    if config.get("engine.enforce_eager"):
+        kwargs["enforce_eager"] = True
+    kwargs["disable_log_stats"] = False  # else get_metrics() asserts and RequestOutput.metrics is None
     speculative = vllm_speculative_config(drafting_for(config, spec.backend, spec.gamma))
     if speculative is not None:
         kwargs["speculative_config"] = speculative
@@ -66,16 +71,46 @@ def sampling_kwargs(config, seed: int | None) -> dict:
 
 
 def request_times(output, batch_wall_s: float) -> tuple[float | None, float]:
-    """(ttft_s, e2e_s) of one request from vLLM's per-request metrics when it gives them on one
-    clock (``arrival_time`` / ``first_token_time`` / ``last_token_time``); otherwise no TTFT and
-    the batch's wall time (every request was submitted at once)."""
+    """(ttft_s, e2e_s) of one request from vLLM's per-request metrics: V1's ``RequestStateStats``
+    (``first_token_latency`` from arrival; ``first_token_ts`` / ``last_token_ts`` on the engine's
+    monotonic clock, so e2e = latency + their difference), or the older ``RequestMetrics``
+    (``arrival_time`` / ``first_token_time`` / ``last_token_time`` on one clock); otherwise no
+    TTFT and the batch's wall time (every request was submitted at once). All requests of one
+    ``generate`` arrive together, so TTFT includes waiting behind the batch's prefills."""
     metrics = getattr(output, "metrics", None)
+    latency = getattr(metrics, "first_token_latency", None)
+    if isinstance(latency, (int, float)) and latency > 0:  # 0.0 when stat logging is off
+        first, last = getattr(metrics, "first_token_ts", None), getattr(metrics, "last_token_ts", None)
+        decode = last - first if isinstance(first, (int, float)) and isinstance(last, (int, float)) else 0.0
+        return float(latency), float(latency) + max(0.0, decode)
     arrival = getattr(metrics, "arrival_time", None)
     first = getattr(metrics, "first_token_time", None)
     last = getattr(metrics, "last_token_time", None) or getattr(metrics, "finished_time", None)
     if arrival is not None and first is not None and last is not None:
         return first - arrival, last - arrival
     return None, batch_wall_s
+
+
+def set_cpu_env(config, note=print) -> dict:
+    """Put what vLLM's CPU build needs (:func:`vllm_cpu_env`) into this process's environment
+    before ``vllm.LLM`` starts its engine processes (they inherit it); returns what was set.
+    LD_PRELOAD cannot take effect in a running process: without it, one note says so."""
+    env, _ = vllm_cpu_env(config, preload=False)
+    os.environ.update(env)
+    if env and not os.environ.get("LD_PRELOAD"):
+        note("vllm.LLM runs without Intel OpenMP / tcmalloc preloaded (LD_PRELOAD cannot be set inside a running "
+             "process): start it as `env $(cat " + str(vllm_env_dir() / "specdec-vllm.env") + ") python -m specdec "
+             "bench ...` for vLLM's CPU speed")
+    return env
+
+
+def llm_dtype(llm) -> str | None:
+    """The dtype ``llm`` runs (``llm_engine.model_config.dtype``), e.g. "float32"."""
+    try:
+        dtype = llm.llm_engine.model_config.dtype
+    except AttributeError:
+        return None
+    return str(dtype).removeprefix("torch.") if dtype is not None else None
 
 
 def generate(llm, vllm, config, conversations: list[list[dict]], seeds: list[int]) -> list[StreamResult]:
@@ -117,8 +152,11 @@ class VllmOfflineBackend(ServedBackend):
 
     def _start(self) -> None:
         kwargs = llm_kwargs(self.config, self.spec)
+        set_cpu_env(self.config, self._note)
         self.log(f"loading vllm.LLM for {self.spec.label}")
         self.llm = self.vllm.LLM(**kwargs)
+        self.engine_info["dtype"] = llm_dtype(self.llm)
+        self.log(f"vllm.LLM for {self.spec.label} runs dtype {self.engine_info['dtype'] or 'unknown'}")
 
     def _stop(self) -> None:
         self.llm = None
@@ -142,8 +180,11 @@ class VllmOfflineBackend(ServedBackend):
 
     def warmup(self, prompt, count: int) -> None:
         for i in range(count):
-            generate(self.llm, self.vllm, self.config, [[{"role": "user", "content": prompt.turns[0]}]],
-                     [self.config.get("generation.seed") + i])
+            try:
+                generate(self.llm, self.vllm, self.config, [[{"role": "user", "content": prompt.turns[0]}]],
+                         [self.config.get("generation.seed") + i])
+            except Exception as error:  # the measured requests will say more; this one is excluded anyway
+                self.log(f"warm-up request failed: {type(error).__name__}: {error}")
 
     def _send(self, jobs: list[Job], ctx: BatchContext) -> None:
         histories = {id(job): [] for job in jobs}

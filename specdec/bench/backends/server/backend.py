@@ -9,12 +9,13 @@ import asyncio
 import time
 from pathlib import Path
 
-from specdec.bench.backends.server.launchers import ServerError, ServerProcess, command_line, free_port
+from specdec.bench.backends.server.launchers import (ServerError, ServerProcess, command_line, dtype_from_log, free_port,
+                                                     gguf_file_type)
 from specdec.bench.backends.server.load import Job, drive
 from specdec.bench.backends.server.openai_client import StreamResult, first_model, request_body, stream_request
 from specdec.bench.backends.server.records import make_record, sampling_for, seed_for
 from specdec.bench.backends.server.server_metrics import Scrape, scrape
-from specdec.bench.backends.server.settings import api_of, auth_headers, server_settings
+from specdec.bench.backends.server.settings import api_of, auth_headers, server_settings, vllm_cpu_env
 from specdec.bench.backends.served import BatchContext, ServedBackend
 
 
@@ -46,9 +47,18 @@ class OpenAIServerBackend(ServedBackend):
             argv = command_line(settings)
             log_path = self.log_dir / f"{self.spec.label.replace(':', '_').replace('=', '')}.log"
             self.log(f"starting {self.engine} for {self.spec.label} (log: {log_path})")
+            if self.engine == "vllm":
+                for note in vllm_cpu_env(self.config, preload=True)[1]:
+                    self._note(note)
             self.process = ServerProcess(self.engine, argv, settings.host, port, log_path,
-                                         self.config.get("engine.startup_timeout_s")).__enter__()
+                                         self.config.get("engine.startup_timeout_s"), env=dict(settings.env)).__enter__()
             self.base_url = self.process.base_url
+            self.engine_info["dtype"] = dtype_from_log(self.engine, log_path)
+            if self.engine_info["dtype"] is None and self.engine == "llama.cpp":
+                self.engine_info["dtype"] = gguf_file_type(settings.model)
+            if settings.env:
+                self.engine_info["env"] = dict(settings.env)
+            self.log(f"{self.engine} for {self.spec.label} runs dtype {self.engine_info['dtype'] or 'unknown (not in its log)'}")
             if not self.model_name and self.engine in ("vllm", "sglang"):
                 self.model_name = settings.model  # what they serve under without --served-model-name
         if not self.model_name:
@@ -62,10 +72,16 @@ class OpenAIServerBackend(ServedBackend):
     def log_path(self) -> Path | None:
         return self.process.log_path if self.process else None
 
+    def engine_up(self) -> bool:
+        """Whether the launched server still runs (a server at engine.base_url: assumed up)."""
+        return self.process is None or self.process.running
+
     def check_alive(self) -> None:
         if self.process is not None and not self.process.running:
             raise ServerError(f"{self.engine} stopped during the run (exit code {self.process.process.returncode}); "
-                              f"log: {self.process.log_path}")
+                              f"what was measured is kept, requests it left unanswered are recorded as failed: "
+                              f"continue with specdec bench --resume --output-dir {self.run.folder} (log: "
+                              f"{self.process.log_path})")
 
     def counters(self) -> Scrape:
         if not self.config.get("engine.metrics"):
@@ -137,6 +153,8 @@ class OpenAIServerBackend(ServedBackend):
                                  waited_s=waited if turn == 1 else 0.0,
                                  arrival_s=None if turn_arrival is None else turn_arrival - start,
                                  load_mode=ctx.mode, rate=ctx.rate)
+            if not result.ok and not self.engine_up():
+                record["engine_stopped"] = True  # not this request's fault: --resume sends it again
             ctx.on_record(record)
             if not result.ok:
                 failed = failed or result.error

@@ -17,7 +17,8 @@ NATIVE_ONLY = ("engine.device", "engine.prepack", "speculative.draft_vocab", "sp
 #: options of server runs that the native engine does not read
 SERVER_ONLY = ("engine.launch", "engine.base_url", "engine.served_model_name", "engine.api_key_env",
                "engine.max_model_len", "engine.max_num_seqs", "engine.spec_type", "engine.extra_args",
-               "engine.executable", "engine.port", "load.max_concurrency", "load.slo_ttft_ms", "load.slo_tpot_ms")
+               "engine.executable", "engine.port", "load.max_concurrency", "load.slo_ttft_ms", "load.slo_tpot_ms",
+               "engine.enforce_eager", "engine.cpu_kvcache_gib", "engine.cpu_threads_bind")
 
 
 def is_server_backend(config) -> bool:
@@ -113,6 +114,9 @@ def server_ignored(config, spec) -> list[str]:
                            "layers across GPUs by itself; pass -sm/-ts in engine.extra_args)")
         if config.get("engine.gpu_memory_utilization") is not None:
             ignored.append("engine.gpu_memory_utilization (llama.cpp has no such setting)")
+    if launch in ("llama.cpp", "sglang"):
+        ignored += [f"{key} (vLLM's option)" for key in ("engine.enforce_eager", "engine.cpu_kvcache_gib",
+                                                          "engine.cpu_threads_bind") if key in explicit]
     drafting = drafting_for(config, spec.backend, spec.gamma)
     if drafting and drafting.kind == "ngram" and launch in ("llama.cpp", "sglang") and "speculative.ngram_min" in explicit:
         ignored.append(f"speculative.ngram_min ({launch}'s n-gram drafting takes no minimum)")

@@ -1,13 +1,17 @@
 """Command lines of the serving engines, and the lifecycle of one server process.
 
-:func:`command_line` builds the argv that starts vLLM (``vllm serve``), SGLang
+:func:`command_line` builds the argv that starts vLLM (``python -m vllm.entrypoints.openai.api_server``
+with the Python of scripts/setup-vllm.sh's environment or of ``engine.executable``; ``vllm serve``
+when only a ``vllm`` command is found), SGLang
 (``python -m sglang.launch_server``) or llama.cpp (``llama-server``) for one method, from the
 documented flags of each (checked in tests/test_servers_launchers.py):
 
 - vLLM: ``--speculative-config JSON`` (``method`` / ``model`` / ``num_speculative_tokens`` /
   ``prompt_lookup_max`` / ``prompt_lookup_min``), ``--tensor-parallel-size``,
-  ``--gpu-memory-utilization``, ``--max-model-len``, ``--max-num-seqs``; serves ``/health`` and
-  ``/metrics`` (Prometheus) by default.
+  ``--gpu-memory-utilization``, ``--max-model-len``, ``--max-num-seqs``, ``--dtype``,
+  ``--enforce-eager``; serves ``/health`` and ``/metrics`` (Prometheus) by default. The CPU build's
+  environment (``VLLM_CPU_KVCACHE_SPACE``, ``LD_PRELOAD``, thread binding) comes from
+  :func:`~specdec.bench.backends.server.settings.vllm_cpu_env`.
 - SGLang: ``--speculative-algorithm`` (STANDALONE for a draft model, NGRAM), ``--speculative-draft-model-path``,
   ``--speculative-num-steps`` (gamma), ``--speculative-eagle-topk 1`` (a chain, like the other
   engines), ``--speculative-num-draft-tokens`` (gamma + 1: the verified chain includes its root),
@@ -30,6 +34,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -66,9 +71,44 @@ def vllm_speculative_config(drafting: Drafting | None) -> dict | None:
     return config
 
 
+VLLM_SERVER_MODULE = "vllm.entrypoints.openai.api_server"
+
+
+def vllm_python(executable: str | None) -> str | None:
+    """The Python that runs vLLM's API server: ``engine.executable`` when it names a Python, the
+    interpreter of a ``vllm`` console script it names (its ``#!`` line), else the environment of
+    scripts/setup-vllm.sh when it exists; None: use ``vllm serve`` (``engine.executable`` or PATH).
+
+    The module, not ``vllm serve``: the CPU build's ``vllm`` command fails (its distribution is
+    named vllm-cpu, and the CLI asks for the metadata of "vllm")."""
+    if executable:
+        if os.path.basename(executable).startswith("python"):
+            return executable
+        path = shutil.which(executable) or executable
+        try:
+            with open(path, "rb") as f:
+                first = f.readline().decode(errors="replace")
+        except OSError:
+            return None
+        interpreter = first[2:].strip().split()[0] if first.startswith("#!") and first[2:].strip() else ""
+        return interpreter if "python" in os.path.basename(interpreter) else None
+    from specdec.bench.backends.server.settings import vllm_env_dir
+
+    python = vllm_env_dir() / "bin" / "python"
+    return str(python) if python.exists() else None
+
+
 def _vllm_argv(s: ServerSettings) -> list[str]:
-    argv = [s.executable or "vllm", "serve", s.model, "--host", s.host, "--port", str(s.port),
-            "--tensor-parallel-size", str(s.tensor_parallel_size)]
+    python = vllm_python(s.executable)
+    if python:
+        head = [python, "-m", VLLM_SERVER_MODULE, "--model", s.model]
+    else:
+        head = [s.executable or "vllm", "serve", s.model]
+    argv = head + ["--host", s.host, "--port", str(s.port), "--tensor-parallel-size", str(s.tensor_parallel_size)]
+    if s.dtype and s.dtype != "auto":
+        argv += ["--dtype", s.dtype]
+    if s.enforce_eager:
+        argv += ["--enforce-eager"]
     if s.gpu_memory_utilization is not None:
         argv += ["--gpu-memory-utilization", f"{s.gpu_memory_utilization:g}"]
     if s.max_model_len is not None:
@@ -88,6 +128,8 @@ def _vllm_argv(s: ServerSettings) -> list[str]:
 def _sglang_argv(s: ServerSettings) -> list[str]:
     argv = [s.executable or sys.executable, "-m", "sglang.launch_server", "--model-path", s.model,
             "--host", s.host, "--port", str(s.port), "--tp-size", str(s.tensor_parallel_size)]
+    if s.dtype and s.dtype != "auto":
+        argv += ["--dtype", s.dtype]
     if s.gpu_memory_utilization is not None:
         argv += ["--mem-fraction-static", f"{s.gpu_memory_utilization:g}"]
     if s.max_model_len is not None:
@@ -196,7 +238,8 @@ def check_executable(engine: str, argv: list[str]) -> None:
     program = argv[0]
     found = shutil.which(program) if os.sep not in program else (program if os.access(program, os.X_OK) else None)
     hints = {
-        "vllm": "pip install vllm (a CUDA machine), or set engine.executable to its vllm command",
+        "vllm": "run bash scripts/setup-vllm.sh (vLLM in its own environment; the CPU build without CUDA), or set "
+                "engine.executable to a Python that has vllm (or its vllm command)",
         "sglang": "pip install 'sglang[all]' (a CUDA machine), or set engine.executable to a Python that has it",
         "llama.cpp": "run bash scripts/build-llama-server.sh, put llama-server on PATH, or set engine.executable "
                      "(or SPECDEC_LLAMA_SERVER) to its path",
@@ -215,6 +258,81 @@ def _last_line(path: Path) -> str:
     return lines[-1][:300] if lines else ""
 
 
+#: an exception line of a Python traceback: ``ValueError: ...`` (possibly after a log prefix)
+_ERROR_LINE = re.compile(r"\b([A-Za-z_][\w.]*(?:Error|Exception|Exit)): ")
+#: wrappers that only point at the real cause above them
+_WRAPPERS = ("Engine core initialization failed", "See root cause above", "Failed core proc")
+
+
+def first_error_line(path: Path) -> str:
+    """The first line of the log that states an error (``ValueError: ...``), skipping vLLM's
+    "Engine core initialization failed. See root cause above" wrapper; else the last line."""
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return ""
+    for line in text.splitlines()[1:]:  # the first line is our "$ argv"
+        m = _ERROR_LINE.search(line)
+        if m and not any(w in line for w in _WRAPPERS):
+            return line[m.start():].strip()[:300]
+    return _last_line(path)
+
+
+#: vLLM's engine log line that names the dtype it runs (``... dtype=torch.float32, ...``)
+_VLLM_DTYPE = re.compile(r"Initializing a V1 LLM engine .*?\bdtype=torch\.(\w+)")
+#: SGLang's server args (``dtype='bfloat16'``) and llama.cpp's model type (``file type = F16``)
+_OTHER_DTYPE = {"sglang": re.compile(r"\bdtype='(\w+)'"),
+                "llama.cpp": re.compile(r"file type\s*=\s*(\S+)")}
+
+
+def gguf_file_type(path: str | None) -> str | None:
+    """A GGUF's own weight type (``general.file_type``: ``Q4_K_M``, ``F16`` ...), read from the
+    file: llama-server's log does not print it at its default verbosity. None when unreadable."""
+    if not path or not str(path).endswith(".gguf"):
+        return None
+    try:
+        from gguf import GGUFReader, LlamaFileType
+
+        field = GGUFReader(str(path)).fields.get("general.file_type")
+        return LlamaFileType(int(field.parts[field.data[0]][0])).name.removeprefix("MOSTLY_") if field else None
+    except Exception:  # an unreadable or unusual file: the type stays unknown, never fatal
+        return None
+
+
+def dtype_from_log(engine: str, path: Path) -> str | None:
+    """The dtype the server says it runs (vLLM: ``float32``, ``bfloat16``...), None when its log
+    does not say (yet)."""
+    pattern = _VLLM_DTYPE if engine == "vllm" else _OTHER_DTYPE.get(engine)
+    if pattern is None:
+        return None
+    try:
+        text = Path(path).read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None
+    m = pattern.search(text)
+    if m is None:
+        return None
+    value = m.group(1)
+    return value if engine == "vllm" else value.lower()
+
+
+def _group_gone(leader: subprocess.Popen, wait_s: float) -> bool:
+    """Whether the leader's process group is empty within ``wait_s`` (the leader is reaped on
+    the way: its zombie would keep the group alive)."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        leader.poll()
+        try:
+            os.killpg(leader.pid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+
+
 class ServerProcess:
     """One server started from ``argv`` with its output in ``log_path``; a context manager that
     waits until ``health_url`` answers 200 and always stops the server on the way out.
@@ -223,7 +341,7 @@ class ServerProcess:
     """
 
     def __init__(self, engine: str, argv: list[str], host: str, port: int, log_path: Path,
-                 startup_timeout_s: float = 600.0) -> None:
+                 startup_timeout_s: float = 600.0, env: dict | None = None) -> None:
         self.engine = engine
         self.argv = argv
         self.host = host
@@ -232,6 +350,7 @@ class ServerProcess:
         self.health_url = self.base_url + HEALTH_PATH[engine]
         self.log_path = Path(log_path)
         self.startup_timeout_s = startup_timeout_s
+        self.env = dict(env or {})  # added to this process's environment for the server
         self.process: subprocess.Popen | None = None
         self._log = None
 
@@ -253,11 +372,14 @@ class ServerProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = self.log_path.open("ab")
         self._log.write(f"$ {shell_line(self.argv)}\n".encode())
+        for name, value in sorted(self.env.items()):
+            self._log.write(f"# env {name}={value}\n".encode())
         self._log.flush()
         # Its own session: Ctrl-C in the terminal reaches us, not the server, and stop() ends
         # the whole group (vLLM and SGLang start worker processes).
         self.process = subprocess.Popen(self.argv, stdout=self._log, stderr=subprocess.STDOUT,
-                                        stdin=subprocess.DEVNULL, start_new_session=True)
+                                        stdin=subprocess.DEVNULL, start_new_session=True,
+                                        env={**os.environ, **self.env} if self.env else None)
         self.wait_healthy()
 
     def wait_healthy(self) -> None:
@@ -268,7 +390,7 @@ class ServerProcess:
         while True:
             code = self.process.poll()
             if code is not None:
-                raise ServerError(f"{self.engine} exited with code {code} while starting: {_last_line(self.log_path)!r} "
+                raise ServerError(f"{self.engine} exited with code {code} while starting: {first_error_line(self.log_path)!r} "
                                   f"(full log: {self.log_path})")
             try:
                 if httpx.get(self.health_url, timeout=2.0).status_code == 200:
@@ -286,19 +408,20 @@ class ServerProcess:
         return self.process is not None and self.process.poll() is None
 
     def stop(self, grace_s: float = 20.0) -> None:
-        """SIGTERM to the server's process group, SIGKILL after ``grace_s``; idempotent."""
+        """SIGTERM to the server's process group, SIGKILL after ``grace_s``, until the group is
+        empty; idempotent. The group is signalled even when the leader has exited already: vLLM's
+        EngineCore and workers outlive a killed API server in it."""
         process = self.process
-        if process is not None and process.poll() is None:
+        if process is not None:
             for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 10.0)):
                 try:
-                    os.killpg(process.pid, sig)
+                    os.killpg(process.pid, sig)  # start_new_session: the group id is the leader's pid
                 except ProcessLookupError:
+                    break  # nothing left in the group
+                except PermissionError:
                     break
-                try:
-                    process.wait(timeout=wait)
+                if _group_gone(process, wait):
                     break
-                except subprocess.TimeoutExpired:
-                    continue
         if self._log is not None:
             self._log.close()
             self._log = None

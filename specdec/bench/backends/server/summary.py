@@ -15,7 +15,6 @@ reading per batch), so ``specdec report`` re-renders server runs from saved file
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from pathlib import Path
 
 from specdec.bench import results as R
 from specdec.bench.backends.server.load import row_label
@@ -37,13 +36,17 @@ def read_store(folder) -> dict:
     return R.ResultsDir(folder).read(STORE) or {}
 
 
-def add_batch(folder, row: str, base_method: str, engine: str, reading: dict) -> dict:
+def add_batch(folder, row: str, base_method: str, engine: str, reading: dict, info: dict | None = None) -> dict:
     """Append one batch's counter reading (``counters`` dict or ``reason``, ``energy_j``,
-    ``wall_s``, ``repeat``) to the row's entry; returns the entry."""
+    ``wall_s``, ``repeat``) to the row's entry; returns the entry. ``info``: what the engine
+    said it ran (``dtype``, ``env``, ``notes``), kept in the entry."""
     results = R.ResultsDir(folder)
     store = results.read(STORE) or {}
     entry = store.setdefault(row, {"method": base_method, "engine": engine, "batches": [], "zero_drafts": False})
     entry["batches"].append(reading)
+    for key, value in (info or {}).items():
+        if value is not None:
+            entry[key] = value
     results.write(STORE, store)
     return entry
 
@@ -185,6 +188,9 @@ def server_summary(folder, records: list[dict], methods: list[str], resamples: i
                 figures.update(acceptance_figures([r for r in row_records if usable(r)], store.get(row)))
             if (store.get(row) or {}).get("zero_drafts"):
                 figures["zero_drafts"] = True
+            for key in ("dtype", "notes"):
+                if (store.get(row) or {}).get(key):
+                    figures[f"engine_{key}"] = store[row][key]
             energy = [b.get("energy_j") for b in (store.get(row) or {}).get("batches", [])]
             if energy and None not in energy:
                 figures["energy_j"] = sum(energy)
@@ -243,6 +249,12 @@ def load_notes(metrics: dict) -> list[str]:
             lines.append(f"{label}: acceptance not reported: {s['acceptance_reason']}")
         elif s.get("acceptance_exact") is False:
             lines.append(f"{label}: some steps proposed fewer than gamma drafts: alpha and accept_at are lower bounds")
+    dtypes = {label: s["engine_dtype"] for label, s in methods.items() if s.get("engine_dtype")}
+    if dtypes:
+        lines.append("dtype the engine ran (its log / model config): "
+                     + ", ".join(f"{label} {dtype}" for label, dtype in dtypes.items()))
+    for note in dict.fromkeys(n for s in methods.values() for n in s.get("engine_notes") or []):
+        lines.append(note)
     sources = sorted({s["acceptance_source"] for s in methods.values() if s.get("acceptance_source")})
     for source in sources:
         lines.append(f"acceptance from {source}")
