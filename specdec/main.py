@@ -129,10 +129,7 @@ class SpeculativeDecoder:
         self.drafter: Drafter
         self.draft_schedule = draft_schedule if drafter == "model" else "constant"
         if drafter == "model":
-            self.draft = load_model(approx_model_name, self.device, dtype, draft_tokenizer or tokenizer, log)
-            check_same_tokenizer(self.target.tokenizer, self.draft.tokenizer, self.target.source, self.draft.source)
-            if quantize:
-                self.quantization["draft"] = _quantize(self.draft, quantize, quantize_group, log)
+            self._load_draft(approx_model_name, dtype, draft_tokenizer or tokenizer, quantize, quantize_group, log)
             policy = DraftLengthPolicy(draft_schedule, confidence_threshold, gate=draft_gate)
             keep_ids = special_token_ids(self.target.model, self.target.tokenizer)
             self.drafter = ModelDraft(
@@ -141,6 +138,13 @@ class SpeculativeDecoder:
             self.prepack_notes.append(f"draft: {self.drafter.pack_report.note}")
         else:
             self.drafter = NgramDraft(max_ngram=ngram_max, min_ngram=ngram_min, match=ngram_match)
+
+    def _load_draft(self, source, dtype, tokenizer, quantize: str | None, quantize_group: int | None, log) -> None:
+        """The draft model, checked against the target's tokenizer, quantized like the target."""
+        self.draft = load_model(source, self.device, dtype, tokenizer, log)
+        check_same_tokenizer(self.target.tokenizer, self.draft.tokenizer, self.target.source, self.draft.source)
+        if quantize:
+            self.quantization["draft"] = _quantize(self.draft, quantize, quantize_group, log)
 
     @property
     def tokenizer(self):

@@ -78,8 +78,17 @@ def test_missing_and_empty(tmp_path):
     with pytest.raises(UsageError, match="no prompts found"):
         read_prompts(tmp_path / "empty.txt")
     (tmp_path / "d").mkdir()
-    with pytest.raises(UsageError, match="without ShareGPT files"):
+    with pytest.raises(UsageError, match="folder without prompts: expected question.jsonl"):
         read_prompts(tmp_path / "d")
+
+
+def test_a_spec_bench_or_eagle_folder_reads_its_question_file(tmp_path):
+    """../shared/data/eagle/humaneval is a folder holding question.jsonl: naming the folder works."""
+    folder = tmp_path / "humaneval"
+    folder.mkdir()
+    (folder / "question.jsonl").write_text('{"question_id": 0, "category": "code", "turns": ["def f():"]}\n')
+    prompts = read_prompts(folder)
+    assert [(p.id, p.category, p.turns) for p in prompts] == [("0", "code", ["def f():"])]
 
 
 def test_unknown_category_lists_known(tmp_path):

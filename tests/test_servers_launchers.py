@@ -316,6 +316,11 @@ def test_start_errors_name_the_first_real_error_and_the_dtype_parser(tmp_path):
     log = tmp_path / "v.log"
     log.write_text(VLLM_START_FAILURE)
     assert first_error_line(log).startswith("ValueError: Available memory on node 0")
+    # vLLM's ulimit warning names an error it did not have: not the cause
+    log.write_text("$ x\n(APIServer pid=1) WARNING 12-03 15:39:55 [system_utils.py:255] Found ulimit of 20000 ... "
+                   "`OSError: [Errno 24] Too many open files`. Consider increasing with ulimit -n\n"
+                   + VLLM_START_FAILURE.split("\n", 1)[1])
+    assert first_error_line(log).startswith("ValueError: Available memory on node 0")
     log.write_text("$ x\nstarting\nsomething odd happened\n")
     assert first_error_line(log) == "something odd happened"
     log.write_text("$ x\nINFO 12-03 [core.py:93] Initializing a V1 LLM engine (v0.32.0) with config: model='m', "

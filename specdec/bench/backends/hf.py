@@ -34,7 +34,8 @@ def hf_generate(
     prompt_lookup_num_tokens: int | None = None,
     max_matching_ngram_size: int | None = None,
 ) -> GenerationResult:
-    """Run ``model.generate`` once and return its text, new tokens and timing stats.
+    """Run ``model.generate`` once and return its text, new tokens and timing stats. (A little
+    over a screen on purpose: one call of transformers' generate, set up and read back in order.)
 
     assistant_settings: fields set on the assistant's generation config for this call only
         (``num_assistant_tokens``, ``num_assistant_tokens_schedule``,

@@ -72,9 +72,22 @@ class OpenAIServerBackend(ServedBackend):
     def log_path(self) -> Path | None:
         return self.process.log_path if self.process else None
 
-    def engine_up(self) -> bool:
-        """Whether the launched server still runs (a server at engine.base_url: assumed up)."""
-        return self.process is None or self.process.running
+    async def _engine_gone(self, result) -> bool:
+        """Whether a failed request failed because the launched server ended: it has exited, or
+        it exits within a second of a cut stream or refused connection (a killed server closes
+        its sockets a moment before the OS reports it gone). An HTTP error from a live server
+        is that request's own failure."""
+        if self.process is None:
+            return False
+        if not self.process.running:
+            return True
+        if not (result.error or "").startswith(("the stream from", "cannot connect")):
+            return False
+        for _ in range(20):
+            await asyncio.sleep(0.05)
+            if not self.process.running:
+                return True
+        return False
 
     def check_alive(self) -> None:
         if self.process is not None and not self.process.running:
@@ -153,7 +166,7 @@ class OpenAIServerBackend(ServedBackend):
                                  waited_s=waited if turn == 1 else 0.0,
                                  arrival_s=None if turn_arrival is None else turn_arrival - start,
                                  load_mode=ctx.mode, rate=ctx.rate)
-            if not result.ok and not self.engine_up():
+            if not result.ok and await self._engine_gone(result):
                 record["engine_stopped"] = True  # not this request's fault: --resume sends it again
             ctx.on_record(record)
             if not result.ok:

@@ -262,18 +262,21 @@ def _last_line(path: Path) -> str:
 _ERROR_LINE = re.compile(r"\b([A-Za-z_][\w.]*(?:Error|Exception|Exit)): ")
 #: wrappers that only point at the real cause above them
 _WRAPPERS = ("Engine core initialization failed", "See root cause above", "Failed core proc")
+#: a log line at warning level (vLLM ``WARNING``, llama.cpp `` W ``)
+_WARNING = re.compile(r"\bWARNING\b| W ")
 
 
 def first_error_line(path: Path) -> str:
     """The first line of the log that states an error (``ValueError: ...``), skipping vLLM's
-    "Engine core initialization failed. See root cause above" wrapper; else the last line."""
+    "Engine core initialization failed. See root cause above" wrapper and warnings that merely
+    mention an error (vLLM's ulimit warning names ``OSError: [Errno 24]``); else the last line."""
     try:
         text = path.read_text(encoding="utf-8", errors="replace")
     except OSError:
         return ""
     for line in text.splitlines()[1:]:  # the first line is our "$ argv"
         m = _ERROR_LINE.search(line)
-        if m and not any(w in line for w in _WRAPPERS):
+        if m and not any(w in line for w in _WRAPPERS) and not _WARNING.search(line):
             return line[m.start():].strip()[:300]
     return _last_line(path)
 
