@@ -158,10 +158,15 @@ def test_offline_vllm_tensor_parallel_2(vllm_python, tiny_models, prompts_file, 
 
 def test_a_launched_vllm_killed_mid_run_fails_the_rest_and_resume_finishes(vllm_python, tiny_models, prompts_file,
                                                                             tmp_path):
+    """Issue #18 items 5 and 6 on a launched vLLM: two CPU ranks, the API server killed
+    mid-run, failed records for what it left, exit 1, --resume finishes on a new server."""
     import psutil
 
     target, draft = tiny_models
-    config = _config(target, draft, prompts_file, backend="openai", launch="vllm")
+    # Two ranks where two cores are allowed: tensor parallel through the launcher (issue #18
+    # item 5), and a process group of several engine processes for stop() to empty.
+    tensor_parallel = 2 if len(os.sched_getaffinity(0)) >= 2 else 1
+    config = _config(target, draft, prompts_file, backend="openai", launch="vllm", tensor_parallel_size=tensor_parallel)
     config["workload"]["num_prompts"] = 10
     config["workload"]["benchmark"] = str(_many_prompts(tmp_path / "many.jsonl", 10))
     config["load"] = {"mode": "poisson", "rate": [2]}
@@ -195,6 +200,10 @@ def test_a_launched_vllm_killed_mid_run_fails_the_rest_and_resume_finishes(vllm_
     failed = [r for r in records if not r["ok"]]
     assert len(ok) >= 2 and failed
     assert all(r["engine_stopped"] and "\n" not in r["error"] for r in failed)
+    header = (out / "server-logs" / "target.log").read_text().splitlines()[:6]
+    if tensor_parallel == 2:
+        assert "--tensor-parallel-size 2" in header[0]
+        assert any(line.startswith("# env VLLM_CPU_OMP_THREADS_BIND=") and "|" in line for line in header), header
 
     resumed = subprocess.run([sys.executable, "-m", "specdec", "bench", "--resume", "--output-dir", str(out),
                               "--no-progress"], capture_output=True, text=True, env=env, timeout=600)

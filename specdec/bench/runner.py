@@ -236,7 +236,11 @@ def write_outputs(results: R.ResultsDir, config: dict, config_hash: str, methods
     if is_server_records(records):  # serving engines (issue #12): one row per (method, rate)
         summary = server_summary(results.path, records, methods, resamples, config)
     else:
-        summary = summarize(records, methods, "target", resamples)
+        # The baseline is specdec's autoregressive run; a run of transformers' methods alone
+        # pairs them with transformers' own plain generate.
+        ran = {r.get("method") for r in records}
+        baseline = "target" if "target" in ran or "hf_generate" not in ran else "hf_generate"
+        summary = summarize(records, methods, baseline, resamples)
     last = sessions[-1] if sessions else {}
     monitor = last.get("monitor")
     if monitor and monitor.get("kind") == "cpu":
