@@ -139,3 +139,22 @@ def test_s3_config_drafts_a_constant_length_and_refuses_a_method_it_cannot_run(t
     f.write_text("model: T\nspeculative_config: {method: eagle, model: E, num_speculative_tokens: 5}\n")
     with pytest.raises(UsageError, match="method 'eagle' has no native drafter"):
         load_config(str(f), environ={})
+
+
+def test_quantization_keys_a_model_mapping_and_old_hashes():
+    """Issue #19: ``model: {path, quantize}`` / ``--set model.quantize`` / ``speculative.quantize``;
+    a config that does not use the new keys hashes as it did before they existed."""
+    from specdec.bench.config import load_config, parse_set
+
+    plain = load_config(base={"model": "m", "speculative": {"draft_model": "d"}}, environ={})
+    mapped = load_config(base={"model": {"path": "m", "quantize": "int4", "quantize_group": 64},
+                               "speculative": {"draft_model": "d", "quantize": "int8"}}, environ={})
+    assert mapped.get("model") == "m" and mapped.get("model.quantize") == "int4"
+    assert mapped.get("target.quantize_group") == 64 and mapped.get("speculative.quantize") == "int8"
+    assert parse_set(["model.quantize=int8"]) == {"target.quantize": "int8"}
+    assert mapped.hash() != plain.hash()
+    # The digest 7ef8ab8 (before these keys) gave this config: its results folders still resume.
+    assert plain.hash() == "5ae3daee74c61b5f"
+    assert load_config(base={"model": {"path": "m"}, "speculative": {"draft_model": "d"}}, environ={}).hash() == plain.hash()
+    with pytest.raises(UsageError, match="model.quantize|target.quantize"):
+        load_config(base={"model": {"path": "m", "quantize": "int3"}}, environ={})
