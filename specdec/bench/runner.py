@@ -142,8 +142,9 @@ class BenchmarkRunner:
         in_process = all(b.in_process for b in backends.values())
         for backend in backends.values():
             prompts = backend.admit(prompts)
-        pending = [b for b in plan_batches(config, specs, prompts, in_process, done) if b.missing()]
-        total = sum(len(b.keys()) for b in plan_batches(config, specs, prompts, in_process, {}))
+        plan = plan_batches(config, specs, prompts, in_process, done)
+        pending = [b for b in plan if b.missing()]
+        total = sum(len(b.keys()) for b in plan)
         todo = sum(b.missing() for b in pending)
         monitor, session, failure = None, None, None
         with ExitStack() as opened:
@@ -159,7 +160,7 @@ class BenchmarkRunner:
                     monitor = Monitor(self.models.device, config.get("run.monitor_interval_s"), config.get("run.monitor"),
                                       cuda_indices=self.models.cuda_indices()).start()
                     run.monitor = monitor
-                    self._run_batches(pending, backends, warmup, total, todo)
+                    self._run_batches(pending, backends, done, warmup, total, todo)
             except (KeyboardInterrupt, SpecdecError) as error:
                 failure = error
             finally:
@@ -173,7 +174,7 @@ class BenchmarkRunner:
             raise failure
         return metrics
 
-    def _run_batches(self, pending: list[Batch], backends: dict, warmup, total: int, todo: int) -> None:
+    def _run_batches(self, pending: list[Batch], backends: dict, done: dict, warmup, total: int, todo: int) -> None:
         """Each pending batch on its method's backend; a backend not open yet opens (and warms
         up) before its first batch and closes after its last."""
         last = {b.spec.label: i for i, b in enumerate(pending)}
@@ -183,7 +184,7 @@ class BenchmarkRunner:
 
             def on_record(record: dict) -> None:
                 self.results.append(record)
-                pending[0].done[record["key"]] = record
+                done[record["key"]] = record  # the batches' shared record of what is done
                 label = f"{record['method']} {record['prompt_id']}#{record['turn']}"
                 progress.advance(label + (" (skipped)" if record.get("skipped") else ""))
 
