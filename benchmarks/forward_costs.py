@@ -14,7 +14,8 @@ width gamma + 1 is a verification step. Nothing is asserted; the table is printe
 float32, bfloat16 (only where the CPU has native bf16, unless named), PyTorch's weight-only
 kernels (torch-int8: ``_weight_int8pack_mm``, torch-int4: ``_weight_int4pack_mm_for_cpu``,
 both with bf16 activations, on a bf16 model; layers they cannot take stay bf16) and specdec's
-batch-invariant kernels (int8, int4: :mod:`specdec.runners.quantize`, float32 activations).
+batch-invariant kernels (int8, int4: :mod:`specdec.runners.quantize`, float32 activations;
+w8a8, w4a8: the same weights with int8 activations, integer dot products).
 "roofline" is the bytes a forward must read (every weight but an untied input embedding)
 divided by the read bandwidth measured here (summing a 1 GiB tensor); "5 vs 1" is width 5's
 cost over width 1's. Modes alternate width by width, so load drifts hit all of them alike.
@@ -49,7 +50,7 @@ def parse_args(argv=None):
     p.add_argument("--repeats", type=int, default=9)
     p.add_argument("--modes", nargs="+", default=None, choices=("all", *MODES),
                    help="the weight-format table instead: all, or some of " + ", ".join(MODES))
-    p.add_argument("--group_size", type=int, default=128, help="inputs per int4 group (int4, torch-int4)")
+    p.add_argument("--group_size", type=int, default=128, help="inputs per 4-bit group (int4, w4a8, torch-int4)")
     args = p.parse_args(argv)
     if args.widths is None:
         args.widths = [1, 2, 5, 16] if args.modes else [1, 5, 11]
@@ -57,7 +58,7 @@ def parse_args(argv=None):
 
 
 #: Weight formats of the --modes table.
-MODES = ("float32", "bfloat16", "torch-int8", "torch-int4", "int8", "int4")
+MODES = ("float32", "bfloat16", "torch-int8", "torch-int4", "int8", "int4", "w8a8", "w4a8")
 
 
 class TorchWeightOnly(torch.nn.Module):
@@ -136,11 +137,12 @@ def mode_model(path: str, mode: str, group_size: int):
     from specdec.runners.kernels import KernelBuildError
     from specdec.runners.quantize import quantize_model
 
-    dtype = "float32" if mode in ("float32", "int8", "int4") else "bfloat16"
+    specdec_modes = ("int8", "int4", "w8a8", "w4a8")
+    dtype = "float32" if mode in ("float32", *specdec_modes) else "bfloat16"
     model = load_model(path, torch.device("cpu"), dtype).model
     if mode in ("torch-int8", "torch-int4"):
         return model, torch_weight_only(model, 8 if mode == "torch-int8" else 4, group_size)
-    if mode in ("int8", "int4"):
+    if mode in specdec_modes:
         try:
             return model, quantize_model(model, mode, group_size).note
         except KernelBuildError as error:

@@ -64,12 +64,13 @@ class SpeculativeDecoder:
     draft_vocab: with a vocabulary over twice this size (Qwen's 152k), the draft model scores
         only this many frequent token ids plus the prompt's and the special tokens (FR-Spec;
         lossless, the target still verifies against its whole vocabulary); 0 scores all.
-    quantize: None (default: the weights as loaded, exact), "int8" or "int4": weight-only
-        quantization of target and draft onto specdec's batch-invariant CPU kernels
-        (:mod:`specdec.runners.quantize`; CPU only; a .gguf keeps its Q4_0 / Q4_1 / Q4_K tensors
-        as they are). Greedy speculative output is then token-for-token the quantized target's
-        own greedy output. ``quantization`` reports what was done per model.
-    quantize_group: inputs per int4 group (even; default 128).
+    quantize: None (default: the weights as loaded, exact), "int8" or "int4" (weight-only,
+        float activations), "w8a8" or "w4a8" (the same weights, int8 activations: integer dot
+        products, the fastest): quantization of target and draft onto specdec's batch-invariant
+        CPU kernels (:mod:`specdec.runners.quantize`; CPU only; a .gguf keeps its Q4_0 / Q4_1 /
+        Q4_K tensors as they are). Greedy speculative output is then token-for-token the quantized
+        target's own greedy output. ``quantization`` reports what was done per model.
+    quantize_group: inputs per 4-bit group (int4: even; w4a8: a multiple of 8; default 128).
     """
 
     def __init__(

@@ -25,8 +25,9 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_subset_head_scores_the_static_and_extra_ids_and_nothing_else():
-    weight = torch.randn(VOCAB, 16)
-    head = SubsetHead(weight, torch.arange(8))
+    linear = torch.nn.Linear(16, VOCAB, bias=False)
+    weight = linear.weight.detach()
+    head = SubsetHead(linear, torch.arange(8))
     head.set_extra([40, 3, 41, 99])  # 3 is already static, 99 is outside the vocabulary
     hidden = torch.randn(1, 2, 16)
     logits = head(hidden)
@@ -38,6 +39,30 @@ def test_subset_head_scores_the_static_and_extra_ids_and_nothing_else():
     assert torch.isinf(logits[..., others]).all() and (logits[..., others] < 0).all()
     head.set_extra([])  # the next generation's prompt replaces the extras
     assert head.scored == 8 and torch.isinf(head(hidden)[..., 40]).all()
+
+
+@pytest.mark.parametrize("fmt", ["int8", "w8a8"])
+def test_a_quantized_head_keeps_its_own_logits_on_the_subset(fmt):
+    """A quantized draft (--quantize) keeps the subset head: its rows are repacked with their
+    quantized values, so the subset's logits are the quantized head's to the bit."""
+    from specdec.runners.kernels import KernelBuildError, QuantLinear
+
+    linear = torch.nn.Linear(32, 4 * VOCAB, bias=False)
+    try:
+        quantized = QuantLinear.from_linear(linear, fmt=fmt)
+    except KernelBuildError as error:
+        pytest.skip(f"the quantized kernels cannot be built here: {error}")
+    model = make_tiny_llama(seed=0, vocab_size=4 * VOCAB)
+    model.lm_head = quantized
+    built = with_subset_head(model, size=VOCAB, keep_ids=[200])
+    assert built is not None, "a quantized head must get a subset head, not fall back to the full one"
+    _, head = built
+    head.set_extra([150, 3])
+    hidden = torch.randn(1, 3, 32)
+    logits, full = head(hidden), quantized(hidden)
+    scored = list(range(VOCAB)) + [150, 200]
+    assert torch.equal(logits[..., scored], full[..., scored])
+    assert torch.isinf(logits[..., 100]).all()
 
 
 def test_small_vocabularies_keep_the_whole_head():

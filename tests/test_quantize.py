@@ -2,14 +2,18 @@
 invariance (a row's logits alone and in a width-5 verification forward are the same bits),
 greedy speculation equal to the quantized target's own greedy output and to transformers'
 generate on the same modules, sampling with the quantized target's distribution, GGUF Q4 blocks
-kept exactly, and the command's errors. Skips with the reason where the kernels cannot be built.
+kept exactly, and the command's errors. Every property is checked in the weight-only modes (int8,
+int4: float32 activations) and in the int8-activation modes (w8a8, w4a8). Skips with the reason
+where the kernels cannot be built.
 """
 
 from __future__ import annotations
 
+import copy
 import subprocess
 import sys
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -45,20 +49,32 @@ def _stories(stories_path, mode, group_size=32):
     return model
 
 
-def test_every_linear_is_replaced_the_head_is_int8_and_the_tied_embedding_stays_float():
+A8_MODES = ("w8a8", "w4a8")  # activations quantized to int8 per row in blocks
+
+
+@pytest.mark.parametrize("mode,head_format", [("int4", "int8"), ("w4a8", "w8a8")])
+def test_every_linear_is_replaced_the_head_is_int8_and_the_tied_embedding_stays_float(mode, head_format):
+    """The head is 8-bit whatever the mode: int8 beside int4, w8a8 beside w4a8."""
     model = make_tiny_llama(seed=1, vocab_size=64, hidden=32)
     linears = sum(isinstance(m, torch.nn.Linear) for m in model.modules())
-    report = quantize_model(model, "int4", 16)
+    report = quantize_model(model, mode, 16)
     assert not any(isinstance(m, torch.nn.Linear) for m in model.modules())
-    assert report.formats == Counter({"int4 g16": linears - 1, "int8": 1})
-    assert model.get_output_embeddings().bits == 8 and model.get_input_embeddings().weight.dtype == torch.float32
+    assert report.formats == Counter({f"{mode} g16": linears - 1, head_format: 1})
+    assert report.label == f"{mode} g16"
+    assert {m.format for m in model.modules() if isinstance(m, QuantLinear)} == {mode, head_format}
+    head = model.get_output_embeddings()
+    assert head.format == head_format and head.bits == 8 and model.get_input_embeddings().weight.dtype == torch.float32
     assert quantization_of(model) is report and report.row_invariant and report.bytes_after < report.bytes_before
     assert model.get_output_embeddings().weight.shape == (64, 32)  # shape only, for vocab-size readers
     with pytest.raises(UsageError):
         quantize_model(model, "int4")
 
 
-@pytest.mark.parametrize("mode", ["int8", "int4"])
+#: Largest |quantized - float| logit, as a fraction of the largest |float| logit.
+LOGIT_TOLERANCE = {"int8": 0.02, "int4": 0.15, "w8a8": 0.03, "w4a8": 0.15}
+
+
+@pytest.mark.parametrize("mode", ["int8", "int4", "w8a8", "w4a8"])
 def test_logits_stay_close_to_the_float_model(mode):
     reference = make_tiny_llama(seed=2, vocab_size=64, hidden=64)
     quantized = make_tiny_llama(seed=2, vocab_size=64, hidden=64)
@@ -67,7 +83,7 @@ def test_logits_stay_close_to_the_float_model(mode):
     with torch.inference_mode():
         want, got = reference(ids).logits, quantized(ids).logits
     scale = want.abs().max()
-    assert (got - want).abs().max() < (0.02 if mode == "int8" else 0.15) * scale
+    assert (got - want).abs().max() < LOGIT_TOLERANCE[mode] * scale
 
 
 def _alone_and_together(model, width=5, context=30):
@@ -84,7 +100,7 @@ def _alone_and_together(model, width=5, context=30):
     return alone, together
 
 
-@pytest.mark.parametrize("mode", ["int8", "int4"])
+@pytest.mark.parametrize("mode", ["int8", "int4", "w8a8", "w4a8"])
 @pytest.mark.parametrize("width", [2, 5, 9, 16])
 def test_a_rows_logits_are_the_same_bits_alone_and_in_a_verification_forward(stories_path, mode, width):
     """The whole forward, not only the linear layers: attention and activations run row by row
@@ -107,23 +123,30 @@ def _greedy_three_ways(target, draft):
     return plain, hf, drafted, looked_up
 
 
-@pytest.mark.parametrize("mode", ["int8", "int4"])
+@pytest.mark.parametrize("mode", ["int8", "int4", "w8a8", "w4a8"])
 def test_greedy_speculation_on_a_quantized_target_is_its_own_greedy_output(stories_path, mode):
-    target, draft = _stories(stories_path, mode), _stories(stories_path, "int4", 16)
+    # The draft's activations as the target's: int4 g16 beside int8 / int4, w4a8 g16 beside w8a8 / w4a8.
+    target, draft = _stories(stories_path, mode), _stories(stories_path, "w4a8" if mode in A8_MODES else "int4", 16)
     plain, hf, drafted, looked_up = _greedy_three_ways(target, draft)
     assert plain == hf == drafted == looked_up
 
 
-def test_greedy_speculation_on_a_quantized_random_llama():
+#: (target mode, draft mode): weight-only, and int8 activations on both.
+TARGET_AND_DRAFT = [("int4", "int8"), ("w4a8", "w8a8")]
+
+
+@pytest.mark.parametrize("target_mode,draft_mode", TARGET_AND_DRAFT)
+def test_greedy_speculation_on_a_quantized_random_llama(target_mode, draft_mode):
     target = make_tiny_llama(seed=3, vocab_size=64, hidden=64, temperature_scale=3.0)
     draft = make_tiny_llama(seed=4, vocab_size=64, hidden=32, temperature_scale=3.0)
-    quantize_model(target, "int4", 32)
-    quantize_model(draft, "int8")
+    quantize_model(target, target_mode, 32)
+    quantize_model(draft, draft_mode)
     plain, hf, drafted, looked_up = _greedy_three_ways(target, draft)
     assert plain == hf == drafted == looked_up
 
 
-def test_sampled_output_has_the_quantized_targets_distribution():
+@pytest.mark.parametrize("target_mode,draft_mode", TARGET_AND_DRAFT)
+def test_sampled_output_has_the_quantized_targets_distribution(target_mode, draft_mode):
     """As tests/test_distribution.py, on the quantized modules themselves (no lookup table):
     the exact distribution of 3-token continuations from the quantized target's logits, 1200
     fixed-seed speculative draws, chi-square at ALPHA = 1e-3 (cells below 5 expected pooled)."""
@@ -135,8 +158,8 @@ def test_sampled_output_has_the_quantized_targets_distribution():
     with torch.no_grad():  # a draft near the target (so drafts are accepted) but not equal (rejected)
         for parameter in draft.parameters():
             parameter.add_(0.3 * torch.randn(parameter.shape, generator=torch.Generator().manual_seed(12)))
-    quantize_model(target, "int4", 8)
-    quantize_model(draft, "int8")
+    quantize_model(target, target_mode, 8)
+    quantize_model(draft, draft_mode)
     exact = {}
 
     def probs(history):
@@ -203,27 +226,37 @@ def test_gguf_q4_blocks_map_onto_the_int4_kernel_exactly(kind):
     torch.testing.assert_close(quantized_linear(x, packed), x @ reference.T, rtol=1e-4, atol=1e-4)
 
 
-def test_a_gguf_keeps_its_q4_tensors_and_says_what_fell_back(tmp_path):
-    from pathlib import Path
+SMOLLM2_Q4_1 = Path.home() / ".cache" / "specdec-fixtures" / "smollm2-135m" / "SmolLM2-135M-Instruct.Q4_1.gguf"
 
-    path = Path.home() / ".cache" / "specdec-fixtures" / "smollm2-135m" / "SmolLM2-135M-Instruct.Q4_1.gguf"
-    if not path.is_file():
-        pytest.skip(f"{path} is absent (fetch with /work/shared/tools/fetch-models smollm2-135m)")
+
+@pytest.fixture(scope="module")
+def smollm2_q4_1():
+    """The SmolLM2-135M Q4_1 GGUF, loaded once for every mode (each test quantizes a copy)."""
+    if not SMOLLM2_Q4_1.is_file():
+        pytest.skip(f"{SMOLLM2_Q4_1} is absent (fetch with /work/shared/tools/fetch-models smollm2-135m)")
     from specdec.models.loading import load_model
 
-    loaded = load_model(str(path), CPU, "float32")
-    report = quantize_model(loaded.model, "int4", gguf_path=path)
-    assert report.formats["GGUF Q4_1 (exact, int4 g32)"] == 210 and report.formats["int8"] == 1
+    return load_model(str(SMOLLM2_Q4_1), CPU, "float32").model
 
 
-@pytest.mark.parametrize("mode,group", [("int5", None), ("int4", 7), ("int4", 0), ("fp8", None)])
+@pytest.mark.parametrize("mode,four,eight", [("int4", "int4", "int8"), ("w4a8", "w4a8", "w8a8")])
+def test_a_gguf_keeps_its_q4_tensors_and_says_what_fell_back(smollm2_q4_1, mode, four, eight):
+    model = copy.deepcopy(smollm2_q4_1)
+    report = quantize_model(model, mode, gguf_path=SMOLLM2_Q4_1)
+    assert report.formats[f"GGUF Q4_1 (exact, {four} g32)"] == 210 and report.formats[eight] == 1
+    assert model.get_output_embeddings().format == eight
+
+
+@pytest.mark.parametrize("mode,group", [("int5", None), ("int4", 7), ("int4", 0), ("fp8", None),
+                                        ("w4a8", 12), ("w4a8", 4)])
 def test_bad_modes_are_one_line_usage_errors(mode, group):
     with pytest.raises(UsageError):
         check_mode(mode, group)
 
 
 @pytest.mark.parametrize("flags", [["--quantize", "int3"], ["--quantize", "int4", "--quantize_group", "5"],
-                                   ["--quantize", "int8", "--quantize_group", "64"]])
+                                   ["--quantize", "int8", "--quantize_group", "64"],
+                                   ["--quantize", "w8a8", "--quantize_group", "64"]])
 def test_the_command_refuses_bad_quantize_flags_in_one_line(flags):
     done = subprocess.run([sys.executable, "-m", "specdec", "--num_sample_tok", "2", *flags],
                           capture_output=True, text=True, timeout=120)
@@ -231,14 +264,16 @@ def test_the_command_refuses_bad_quantize_flags_in_one_line(flags):
     assert len(done.stderr.strip().splitlines()) == 1 and "quantize" in done.stderr
 
 
-def test_the_api_quantizes_target_and_draft(stories_path):
+@pytest.mark.parametrize("mode,head_format", [("int4", "int8"), ("w4a8", "w8a8")])
+def test_the_api_quantizes_target_and_draft(stories_path, mode, head_format):
     from specdec.main import SpeculativeDecoder
 
     decoder = SpeculativeDecoder(str(stories_path), str(stories_path), gamma=3, max_tokens=12, device="cpu",
-                                 temperature=0.0, quantize="int4", quantize_group=32)
+                                 temperature=0.0, quantize=mode, quantize_group=32)
     assert set(decoder.quantization) == {"target", "draft"}
-    assert decoder.quantization["target"]["label"] == "int4 g32"
-    assert isinstance(decoder.target.model.get_output_embeddings(), QuantLinear)
+    assert decoder.quantization["target"]["label"] == decoder.quantization["draft"]["label"] == f"{mode} g32"
+    head = decoder.target.model.get_output_embeddings()
+    assert isinstance(head, QuantLinear) and head.format == head_format
     spec = decoder.generate("Once upon a time", speculative=True)
     plain = decoder.generate("Once upon a time", speculative=False)
     assert spec.token_ids == plain.token_ids

@@ -67,12 +67,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--draft_vocab", type=int, default=DEFAULT_DRAFT_VOCAB,
                         help="draft scores only this many frequent token ids plus the prompt's when the vocabulary "
                         f"is over twice as large (lossless; 0 = all; default {DEFAULT_DRAFT_VOCAB})")
-    parser.add_argument("--quantize", default=None, metavar="int8|int4",
-                        help="CPU: weight-only int8 / int4 weights for target and draft on specdec's batch-invariant "
-                        "kernels (greedy output stays token-for-token the quantized target's; a .gguf keeps its Q4 "
-                        "tensors); default: the weights as loaded")
+    parser.add_argument("--quantize", default=None, metavar="int8|int4|w8a8|w4a8",
+                        help="CPU: quantized weights for target and draft on specdec's batch-invariant kernels: int8 / "
+                        "int4 weight-only (float activations), w8a8 / w4a8 the same weights with int8 activations "
+                        "(integer dot products, the fastest); greedy output stays token-for-token the quantized "
+                        "target's; a .gguf keeps its Q4 tensors; default: the weights as loaded")
     parser.add_argument("--quantize_group", "--group_size", dest="quantize_group", type=int, default=None,
-                        help="inputs per int4 group, even (default 128)")
+                        help="inputs per 4-bit group: int4 even, w4a8 a multiple of 8 (default 128)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     return parser
 
@@ -85,14 +86,14 @@ def settings_from_args(args: argparse.Namespace) -> dict:
         raise UsageError(f"--max_new_tok must be >= 1, got {args.max_new_tok}")
     if args.draft_vocab < 0:
         raise UsageError(f"--draft_vocab must be >= 0 (0 scores the whole vocabulary), got {args.draft_vocab}")
-    from specdec.runners.quantize import check_mode
+    from specdec.runners.quantize import GROUPED, check_mode
 
     try:
         check_mode(args.quantize, args.quantize_group)
     except UsageError as error:
         raise UsageError(f"--quantize / --quantize_group: {error}") from None
-    if args.quantize_group is not None and args.quantize != "int4":
-        raise UsageError("--quantize_group applies to --quantize int4 only")
+    if args.quantize_group is not None and args.quantize not in GROUPED:
+        raise UsageError("--quantize_group applies to --quantize int4 or w4a8 only")
     device = args.device
     if args.gpu is not None:
         if args.gpu < 0:

@@ -51,11 +51,12 @@ def build_parser() -> argparse.ArgumentParser:
     # float32 activations: the demo shows that greedy speculative output is exactly the target's;
     # bf16 is faster on CPUs with native bf16 but its multi-token verification can flip near ties.
     parser.add_argument("--dtype", default="float32", help="float32 (default here), bfloat16, float16 or auto")
-    parser.add_argument("--quantize", default="auto", metavar="auto|int8|int4|none",
-                        help="weights: auto (default) = the fastest exact mode on this CPU, int8 on specdec's "
-                        "batch-invariant kernels where they build; int8 / int4 weight-only; none = as loaded")
+    parser.add_argument("--quantize", default="auto", metavar="auto|int8|int4|w8a8|w4a8|none",
+                        help="weights: auto (default) = the fastest exact mode on this CPU, "
+                        f"{FASTEST_EXACT} on specdec's batch-invariant kernels where they build; int8 / int4 "
+                        "weight-only; w8a8 / w4a8 with int8 activations; none = as loaded")
     parser.add_argument("--quantize_group", "--group_size", dest="quantize_group", type=int, default=None,
-                        help="inputs per int4 group, even (default 128)")
+                        help="inputs per 4-bit group: int4 even, w4a8 a multiple of 8 (default 128)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the tables")
     return parser
 

@@ -1,22 +1,27 @@
-"""Weight-only quantization of a whole model onto the batch-invariant CPU kernels
+"""Quantization of a whole model onto the batch-invariant CPU kernels
 (:mod:`specdec.runners.kernels`): every ``nn.Linear`` becomes a :class:`QuantLinear`.
 
 Modes (``--quantize``, ``quantize=``, ``model.quantize`` / ``speculative.quantize``):
 
-* ``int8``: symmetric, one float32 scale per output channel (4 bytes per 4 weights + scales).
-* ``int4``: asymmetric groups of ``group_size`` inputs (default 128), a float32 scale and
-  minimum each; a layer whose in_features is not a multiple of the group size gets a shorter
-  last group (the kernel handles it; nothing is padded into the weights).
+* ``int8``: weight-only, symmetric, one float32 scale per output channel; float32 activations.
+* ``int4``: weight-only, asymmetric groups of ``group_size`` inputs (default 128), a float32
+  scale and minimum each; float32 activations. A layer whose in_features is not a multiple of
+  the group size gets a shorter last group (nothing is padded into the weights).
+* ``w8a8``, ``w4a8``: the same weights, and activations quantized to int8 per row in blocks
+  (of the group size for w4a8, of 128 for w8a8) so the products are integer dot products, as
+  llama.cpp computes its Q4 / Q8 layers (:mod:`specdec.runners.kernels.qlinear_a8`): the fastest
+  here, for a decode step and more so for a verification; the w4a8 group size must be a
+  multiple of 8.
 
-Whatever the mode, the LM head is int8: it decides every token, and per-channel int8 stays
-closest to the float head. A tied input embedding keeps its float weight (an embedding is a
+Whatever the mode, the LM head is 8-bit (int8, or w8a8 in the a8 modes): it decides every token,
+and per-channel int8 stays closest to the float head. A tied input embedding keeps its float weight (an embedding is a
 lookup, not a matrix product). The rest of the model (embeddings, norms) is cast to float32, so
 activations are float32 throughout (a bf16 checkpoint's weights are widened exactly); the float
 linear weights are dropped.
 
-Why these kernels and no others: every output is one fixed sequence of float32 FMAs over the
-inputs, so a row's logits are the same bits alone or in a verification forward of any width, and
-greedy speculation on the quantized target is token-for-token its own greedy output.
+Why these kernels and no others: every output is one fixed sequence of operations that depends on
+its own row alone, so a row's logits are the same bits alone or in a verification forward of any
+width, and greedy speculation on the quantized target is token-for-token its own greedy output.
 
 A GGUF file (pass ``gguf_path``) keeps its own quantization wherever the kernel runs it exactly:
 Q4_0 (minimum = -8 * d), Q4_1 (scale d, minimum m) and Q4_K (per 32-input sub-block scale
@@ -34,10 +39,14 @@ from dataclasses import dataclass, field
 import torch
 
 from specdec.errors import UsageError
-from specdec.runners.kernels.qlinear import Int4Weight, QuantLinear, pack_int4
+from specdec.runners.kernels.layer import QuantLinear
+from specdec.runners.kernels.qlinear import Int4Weight, pack_int4
+from specdec.runners.kernels.qlinear_a8 import Int4A8Weight, pack_int4_a8
 from specdec.runners.rowwise_attention import make_row_invariant
 
-MODES = ("int8", "int4")
+MODES = ("int8", "int4", "w8a8", "w4a8")
+#: Modes whose weights are 4-bit in groups (they take a group size).
+GROUPED = ("int4", "w4a8")
 DEFAULT_GROUP_SIZE = 128
 #: GGUF block types the int4 kernel runs exactly, and the inputs per group they map onto.
 GGUF_EXACT = {"Q4_0": 32, "Q4_1": 32, "Q4_K": 32}
@@ -49,7 +58,7 @@ class QuantReport:
 
     mode, group_size: what was asked (group_size only for int4).
     formats: layer count by format actually used, e.g. {"int4 g128": 168, "int8": 1,
-        "GGUF Q4_K (exact, int4 g32)": 140}.
+        "GGUF Q4_K (exact, int4 g32)": 140} (w4a8 in the int8-activation modes).
     fell_back: (layer, reason) for GGUF tensors that could not be kept as they are.
     left_alone: (module, reason) for weights that stay float (a tied input embedding).
     bytes_before, bytes_after: the linear layers' weight bytes before and after.
@@ -68,8 +77,8 @@ class QuantReport:
 
     @property
     def label(self) -> str:
-        """The mode as reports print it: "int8" or "int4 g128"."""
-        return self.mode if self.mode == "int8" else f"int4 g{self.group_size}"
+        """The mode as reports print it: "int8", "int4 g128", "w8a8" or "w4a8 g128"."""
+        return self.mode if self.mode not in GROUPED else f"{self.mode} g{self.group_size}"
 
     @property
     def note(self) -> str:
@@ -109,12 +118,16 @@ def check_mode(mode: str | None, group_size: int | None = None) -> tuple[str | N
     if mode in (None, "", "none", "off"):
         return None, None
     if mode not in MODES:
-        raise UsageError(f"unknown quantization {mode!r}: use int8 or int4 (or leave it out for full precision)")
-    if mode == "int8":
+        raise UsageError(
+            f"unknown quantization {mode!r}: use int8, int4, w8a8 or w4a8 (or leave it out for full precision)"
+        )
+    if mode not in GROUPED:
         return mode, None
     size = DEFAULT_GROUP_SIZE if group_size is None else group_size
-    if isinstance(size, bool) or not isinstance(size, int) or size < 2 or size % 2:
-        raise UsageError(f"int4 group size must be a positive even number of inputs (e.g. 32, 64, 128), not {size!r}")
+    step = 8 if mode == "w4a8" else 2
+    if isinstance(size, bool) or not isinstance(size, int) or size < step or size % step:
+        kind = "a positive multiple of 8" if step == 8 else "a positive even number"
+        raise UsageError(f"{mode} group size must be {kind} of inputs (e.g. 32, 64, 128), not {size!r}")
     return mode, size
 
 
@@ -129,13 +142,13 @@ def quantize_model(
     """Replaces every ``nn.Linear`` of ``model`` (in place) by a :class:`QuantLinear`; returns the
     report, also kept as ``model.specdec_quantization``.
 
-    mode: "int8" or "int4"; group_size: inputs per int4 group (even). gguf_path: the GGUF file
+    mode: one of :data:`MODES`; group_size: inputs per 4-bit group (int4: even; w4a8: a multiple of 8). gguf_path: the GGUF file
     ``model`` was loaded from, to keep its exactly runnable tensors (module docstring).
     The model must be on the CPU (the kernels are CPU kernels).
     """
     mode, group_size = check_mode(mode, group_size)
     if mode is None:
-        raise UsageError("quantize_model needs a mode: int8 or int4")
+        raise UsageError("quantize_model needs a mode: int8, int4, w8a8 or w4a8")
     if quantization_of(model) is not None:
         raise UsageError("this model is already quantized")
     devices = {p.device.type for p in model.parameters()}
@@ -144,6 +157,8 @@ def quantize_model(
     log = log or (lambda message: None)
     report = QuantReport(mode, group_size)
     kept = _gguf_int4_weights(model, gguf_path, report) if gguf_path else {}
+    eight = "w8a8" if mode in ("w8a8", "w4a8") else "int8"  # the head's format (and int8/w8a8's)
+    four = "w4a8" if mode == "w4a8" else "int4"
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     embedding = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
     for parent_name, parent in list(model.named_modules()):
@@ -154,11 +169,11 @@ def quantize_model(
             report.bytes_before += child.weight.numel() * child.weight.element_size()
             if f"{name}.weight" in kept:
                 packed, kind = kept.pop(f"{name}.weight")
-                layer, label = QuantLinear(packed, child.bias), f"GGUF {kind} (exact, int4 g32)"
-            elif child is head or mode == "int8":
-                layer, label = QuantLinear.from_linear(child, bits=8), "int8"
+                layer, label = QuantLinear(packed, child.bias), f"GGUF {kind} (exact, {four} g32)"
+            elif child is head or mode in ("int8", "w8a8"):
+                layer, label = QuantLinear.from_linear(child, fmt=eight), eight
             else:
-                layer, label = QuantLinear.from_linear(child, bits=4, group_size=group_size), f"int4 g{group_size}"
+                layer, label = QuantLinear.from_linear(child, group_size=group_size, fmt=four), f"{four} g{group_size}"
             report.formats[label] += 1
             report.bytes_after += sum(b.numel() * b.element_size() for b in layer.buffers() if b is not None)
             setattr(parent, child_name, layer)
@@ -215,7 +230,7 @@ def _decode_q4(kind: str, data: torch.Tensor, n: int, k: int):
     return q, (d * sc).reshape(n, k // 32), (-(dmin * mn)).reshape(n, k // 32)
 
 
-def _gguf_int4_weights(model: torch.nn.Module, gguf_path, report: QuantReport) -> dict[str, tuple[Int4Weight, str]]:
+def _gguf_int4_weights(model: torch.nn.Module, gguf_path, report: QuantReport) -> dict[str, tuple[Int4Weight | Int4A8Weight, str]]:
     """{hf weight name: (packed int4 weight, GGUF type)} for the GGUF's linear weights the kernel runs
     exactly; records every other linear weight's fallback in ``report``."""
     import numpy as np
@@ -243,7 +258,8 @@ def _gguf_int4_weights(model: torch.nn.Module, gguf_path, report: QuantReport) -
         if ".attn_q." in tensor.name or ".attn_k." in tensor.name:
             rows = _permuted_rows(processor, tensor.name, n)
             q, scale, minimum = q[rows], scale[rows], minimum[rows]
-        packed = pack_int4(q, scale, minimum, GGUF_EXACT[kind])
+        pack = pack_int4_a8 if report.mode in ("w8a8", "w4a8") else pack_int4  # activations as the mode has them
+        packed = pack(q, scale, minimum, GGUF_EXACT[kind])
         reference = linears[name].weight.detach()
         if not torch.equal(packed.dequantize().to(reference.dtype), reference):
             report.fell_back.append((name, f"GGUF {kind} did not match transformers' dequantization -> {fallback}"))

@@ -1,14 +1,18 @@
 """Batch-invariant attention (and activations) for verification forwards: each new token's
-attention is computed as its own one-query call, exactly as a one-token decode step computes it.
+attention is computed on its own, exactly as a one-token decode step computes it.
 
 Why: with the quantized kernels every linear layer gives a row the same bits alone or among
 others, but attention did not: a width-5 forward on SDPA or eager attention runs one [5, L]
 score matrix product whose reductions differ in the last bits from five [1, L_i] ones (measured
 on stories260K: the first differing module output is ``o_proj``'s input, i.e. the attention
-core). Here a forward of up to :data:`MAX_ROWWISE` new tokens calls transformers' own SDPA
-function once per token with that token's query, the keys it may see (the cache up to its
-position) and its row of the mask, so query row i of a verification forward is the same call,
-on the same tensors, as the decode step at that position. Longer forwards (prefills) run as one
+core). Here every forward of up to :data:`MAX_ROWWISE` new tokens, decode steps included, runs
+the extension's ``rowwise_attention`` (``kernels/attention.cpp``): one call per layer computes each
+(batch, head, query) with the same code over the keys that query may see (the cache up to its
+own position) and its row of the mask, so query row i of a verification forward gets the bits of
+the decode step at that position. Where the kernel does not apply (not float32, sliding windows,
+soft-capping, attention sinks, dropout) the row-by-row fallback calls transformers' own SDPA
+function once per token, which is exact too but costs about 100 us a call (28 layers x 5 rows:
+14 ms of a 100 ms verification forward of Qwen2.5 1.5B). Longer forwards (prefills) run as one
 ordinary SDPA call: their rows are never compared with single steps.
 
 The MLP's activation gets the same treatment (:class:`RowwiseActivation`): ATen computes an
@@ -16,8 +20,8 @@ elementwise SiLU / GELU with vector instructions and the elements left over at t
 tensor (or of a thread's chunk) with scalar code whose exp rounds differently, so a row's values
 depended on how many rows shared the tensor (measured on stories260K, intermediate size 172).
 
-Cost: width - 1 extra small SDPA and activation calls per layer, a small share of a forward
-whose cost is reading the weights.
+Cost: one attention call per layer (about what a decode step's SDPA call costs) and width - 1
+extra activation calls.
 """
 
 from __future__ import annotations
@@ -39,6 +43,8 @@ def rowwise_attention_forward(module, query, key, value, attention_mask, dropout
 
     kwargs.pop("is_causal", None)
     q_len, kv_len = query.shape[2], key.shape[2]
+    if q_len <= MAX_ROWWISE and _kernel_applies(module, query, dropout, kwargs):
+        return _kernel_attention(module, query, key, value, attention_mask, scaling), None
     if q_len == 1 or q_len > MAX_ROWWISE:
         return sdpa_attention_forward(module, query, key, value, _canonical(attention_mask), dropout, scaling,
                                       is_causal=None if q_len > 1 else False, **kwargs)
@@ -50,6 +56,45 @@ def rowwise_attention_forward(module, query, key, value, attention_mask, dropout
                                         _canonical(mask), dropout, scaling, is_causal=False, **kwargs)
         rows.append(out)
     return torch.cat(rows, dim=1), None
+
+
+#: Attention keyword arguments the kernel honours when they are None / 0 (it has no such feature).
+_UNSUPPORTED = ("sliding_window", "softcap", "s_aux", "sinks")
+
+
+def _kernel_applies(module, query: torch.Tensor, dropout: float, kwargs: dict) -> bool:
+    """Whether ``rowwise_attention`` computes what transformers would: float32 on the CPU, no
+    dropout, and none of the features it lacks (a model that has them uses the fallback)."""
+    if query.dtype != torch.float32 or query.device.type != "cpu" or (dropout and module.training):
+        return False
+    if any(kwargs.get(name) for name in _UNSUPPORTED) or getattr(module, "sliding_window", None):
+        return False
+    return _extension() is not None
+
+
+def _extension():
+    """The compiled kernels, or None where they cannot be built (the fallback then runs)."""
+    from specdec.runners.kernels.qlinear import KernelBuildError, extension
+
+    try:
+        return extension()
+    except KernelBuildError:
+        return None
+
+
+def _kernel_attention(module, query, key, value, attention_mask, scaling) -> torch.Tensor:
+    """[b, heads, q, d] queries against [b, kv_heads, L, d] keys / values -> [b, q, heads, d]."""
+    from specdec.runners.kernels.qlinear import default_isa
+
+    if scaling is None:
+        scaling = getattr(module, "scaling", query.shape[-1] ** -0.5)
+    mask = _canonical(attention_mask)
+    if mask is not None:
+        mask = mask[:, :, :, : key.shape[2]]
+        if mask.dtype == torch.bool:  # True = may attend
+            mask = torch.zeros(mask.shape, dtype=torch.float32).masked_fill_(~mask, float("-inf"))
+        mask = mask.to(torch.float32)
+    return _extension().rowwise_attention(query, key, value, mask, float(scaling), default_isa() != "scalar")
 
 
 def _canonical(mask: torch.Tensor | None) -> torch.Tensor | None:

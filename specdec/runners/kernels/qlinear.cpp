@@ -474,6 +474,23 @@ torch::Tensor int4_linear(const torch::Tensor& x, const torch::Tensor& q, const 
 
 }  // namespace
 
+// The int8-activation kernels (qlinear_a8.cpp, compiled into the same extension).
+namespace specdec_a8 {
+torch::Tensor int8a8_linear(const torch::Tensor& x, const torch::Tensor& q, const torch::Tensor& scale, int64_t group,
+                            const c10::optional<torch::Tensor>& bias, int64_t n_out, int64_t isa);
+torch::Tensor int4a8_linear(const torch::Tensor& x, const torch::Tensor& q, const torch::Tensor& scale,
+                            const torch::Tensor& minimum, int64_t group, const c10::optional<torch::Tensor>& bias,
+                            int64_t n_out, int64_t isa);
+int64_t best_isa_a8();
+}  // namespace specdec_a8
+
+// Batch-invariant attention (attention.cpp, compiled into the same extension).
+namespace specdec_attention {
+torch::Tensor rowwise_attention(const torch::Tensor& query, const torch::Tensor& key, const torch::Tensor& value,
+                                const c10::optional<torch::Tensor>& mask, double scaling, bool use_avx2);
+bool attention_avx2_available();
+}  // namespace specdec_attention
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "Batch-invariant weight-only int8 / int4 linear kernels (see qlinear.py)";
   m.def("best_isa", []() { return static_cast<int64_t>(best_isa()); },
@@ -483,4 +500,16 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("int4_linear", &int4_linear, "y = x @ fma(q, scale, minimum)^T (+ bias), groups of `group` inputs",
         py::arg("x"), py::arg("q"), py::arg("scale"), py::arg("minimum"), py::arg("group"), py::arg("bias"),
         py::arg("n_out"), py::arg("isa"));
+  m.def("best_isa_a8", &specdec_a8::best_isa_a8,
+        "The most capable int8-activation path this CPU runs: 0 scalar, 1 AVX2, 2 AVX-512 VNNI");
+  m.def("int8a8_linear", &specdec_a8::int8a8_linear, "w8a8: y = x @ (scale * q)^T (+ bias), activations int8 per block",
+        py::arg("x"), py::arg("q"), py::arg("scale"), py::arg("group"), py::arg("bias"), py::arg("n_out"),
+        py::arg("isa"));
+  m.def("int4a8_linear", &specdec_a8::int4a8_linear, "w4a8: y = x @ fma(q, scale, minimum)^T (+ bias), int8 activations",
+        py::arg("x"), py::arg("q"), py::arg("scale"), py::arg("minimum"), py::arg("group"), py::arg("bias"),
+        py::arg("n_out"), py::arg("isa"));
+  m.def("rowwise_attention", &specdec_attention::rowwise_attention,
+        "Causal attention, each query row computed on its own: [B, H, q, d] x [B, Hkv, L, d] -> [B, q, H, d]",
+        py::arg("query"), py::arg("key"), py::arg("value"), py::arg("mask"), py::arg("scaling"), py::arg("use_avx2"));
+  m.def("attention_avx2_available", &specdec_attention::attention_avx2_available);
 }

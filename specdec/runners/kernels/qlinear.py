@@ -52,7 +52,10 @@ from specdec.errors import SpecdecError
 BLOCK = 16
 #: Instruction-set paths, in the extension's numbering (0, 1, 2).
 ISAS = ("scalar", "avx2", "avx512")
-_SOURCE = Path(__file__).with_name("qlinear.cpp")
+#: The extension's sources: the float-activation kernels (with the Python bindings), the
+#: int8-activation ones (qlinear_a8.cpp, see :mod:`~specdec.runners.kernels.qlinear_a8`) and the
+#: row-wise attention (attention.cpp, see :mod:`specdec.runners.rowwise_attention`).
+_SOURCES = tuple(Path(__file__).with_name(name) for name in ("qlinear.cpp", "qlinear_a8.cpp", "attention.cpp"))
 # No -march / -mavx*: only functions marked with target attributes use AVX2 / AVX-512, and they
 # run only where the CPU has them. -ffp-contract=off keeps the scalar path's a * b + c unfused,
 # so every path performs the same operations; -ffast-math would break that and is never used.
@@ -68,7 +71,8 @@ def kernel_cache_dir() -> Path:
     """The folder the compiled extension is cached in (one sub-folder per source/torch hash)."""
     root = os.environ.get("SPECDEC_KERNEL_CACHE") or Path.home() / ".cache" / "specdec" / "kernels"
     key = hashlib.sha256()
-    for part in (_SOURCE.read_bytes(), " ".join(_CFLAGS).encode(), torch.__version__.encode(), sys.version.encode()):
+    parts = [source.read_bytes() for source in _SOURCES]
+    for part in (*parts, " ".join(_CFLAGS).encode(), torch.__version__.encode(), sys.version.encode()):
         key.update(part)
     return Path(root) / key.hexdigest()[:16]
 
@@ -98,7 +102,7 @@ def extension():
     try:
         return load(
             name="specdec_qlinear",
-            sources=[str(_SOURCE)],
+            sources=[str(source) for source in _SOURCES],
             extra_cflags=_CFLAGS,
             build_directory=str(build_dir),
             verbose=False,
@@ -108,8 +112,10 @@ def extension():
         raise KernelBuildError(f"building the quantized CPU kernels in {build_dir} failed: {first}") from error
 
 
+@functools.lru_cache(maxsize=1)
 def available_isas() -> tuple[str, ...]:
-    """The paths this machine may run, least capable first (always starts with "scalar")."""
+    """The paths this machine may run, least capable first (always starts with "scalar"); asked
+    once per process (every layer call needs it, and neither the CPU nor torch's setting changes)."""
     torch_level = {"AVX512": 2, "AVX2": 1}.get(torch.backends.cpu.get_cpu_capability(), 0)
     return ISAS[: min(extension().best_isa(), torch_level) + 1]
 
@@ -147,10 +153,15 @@ class Int8Weight:
     out_features: int
     in_features: int
 
+    def values(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(q [N, K] int8, scale [N]): what :func:`pack_int8` takes."""
+        q = self.q.permute(0, 2, 1).reshape(-1, self.in_features)[: self.out_features]
+        return q, self.scale[: self.out_features]
+
     def dequantize(self) -> torch.Tensor:
         """The weight the kernel multiplies by, float32 [N, K]."""
-        q = self.q.permute(0, 2, 1).reshape(-1, self.in_features)[: self.out_features]
-        return q.float() * self.scale[: self.out_features, None]
+        q, scale = self.values()
+        return q.float() * scale[:, None]
 
 
 @dataclass(frozen=True)
@@ -171,17 +182,26 @@ class Int4Weight:
     out_features: int
     in_features: int
 
-    def dequantize(self) -> torch.Tensor:
-        """The weight the kernel multiplies by, float32 [N, K] (fma computed exactly in float64)."""
+    def values(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(q [N, K] uint8 0..15, scale, minimum [N, groups]): what :func:`pack_int4` takes."""
         n, k = self.out_features, self.in_features
         q = torch.stack([self.q & 0x0F, self.q >> 4], dim=2)  # [Nb, pairs, 2, 16]
         q = q.reshape(q.shape[0], -1, BLOCK)[:, :k].permute(0, 2, 1).reshape(-1, k)[:n]
 
+        def per_channel(t: torch.Tensor) -> torch.Tensor:
+            return t.permute(0, 2, 1).reshape(-1, t.shape[1])[:n]
+
+        return q, per_channel(self.scale), per_channel(self.minimum)
+
+    def dequantize(self) -> torch.Tensor:
+        """The weight the kernel multiplies by, float32 [N, K] (fma computed exactly in float64)."""
+        q, scale, minimum = self.values()
+        k = self.in_features
+
         def per_input(t: torch.Tensor) -> torch.Tensor:
-            t = t.permute(0, 2, 1).reshape(-1, t.shape[1])[:n]
             return t.repeat_interleave(self.group_size, dim=1)[:, :k].double()
 
-        return (q.double() * per_input(self.scale) + per_input(self.minimum)).float()
+        return (q.double() * per_input(scale) + per_input(minimum)).float()
 
 
 def pack_int8(q: torch.Tensor, scale: torch.Tensor) -> Int8Weight:
@@ -211,18 +231,18 @@ def pack_int4(q: torch.Tensor, scale: torch.Tensor, minimum: torch.Tensor, group
     return Int4Weight(packed, per_group(scale), per_group(minimum), group_size, n, k)
 
 
-def quantize_int8(weight: torch.Tensor) -> Int8Weight:
-    """Symmetric int8 per output channel: scale = max |W[n, :]| / 127, q = round(W / scale)."""
+def int8_values(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric int8 per output channel: (q [N, K] in -127..127, scale [N]), scale = max |W[n, :]| / 127,
+    q = round(W / scale)."""
     w = weight.detach().float()
     scale = w.abs().amax(dim=1) / 127
     scale = torch.where(scale > 0, scale, torch.ones_like(scale))  # an all-zero row stays zero
-    q = torch.round(w / scale[:, None]).clamp(-127, 127)
-    return pack_int8(q, scale)
+    return torch.round(w / scale[:, None]).clamp(-127, 127), scale
 
 
-def quantize_int4(weight: torch.Tensor, group_size: int = 128) -> Int4Weight:
-    """Asymmetric int4 in groups of ``group_size`` (even) inputs: minimum = min of the group,
-    scale = (max - min) / 15, q = round((W - minimum) / scale)."""
+def int4_values(weight: torch.Tensor, group_size: int = 128) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Asymmetric int4 in groups of ``group_size`` inputs: (q [N, K] in 0..15, scale, minimum [N, groups]);
+    minimum = min of the group, scale = (max - min) / 15, q = round((W - minimum) / scale)."""
     w = weight.detach().float()
     n, k = w.shape
     groups = -(-k // group_size)
@@ -232,8 +252,17 @@ def quantize_int4(weight: torch.Tensor, group_size: int = 128) -> Int4Weight:
     scale = (hi - lo) / 15
     safe = torch.where(scale > 0, scale, torch.ones_like(scale))  # a constant group: q = 0, W = minimum
     q = torch.round((padded - lo[..., None]) / safe[..., None]).clamp(0, 15)
-    q = q.reshape(n, groups * group_size)[:, :k].nan_to_num(0)
-    return pack_int4(q, scale, lo, group_size)
+    return q.reshape(n, groups * group_size)[:, :k].nan_to_num(0), scale, lo
+
+
+def quantize_int8(weight: torch.Tensor) -> Int8Weight:
+    """:func:`int8_values` packed for the float-activation kernel."""
+    return pack_int8(*int8_values(weight))
+
+
+def quantize_int4(weight: torch.Tensor, group_size: int = 128) -> Int4Weight:
+    """:func:`int4_values` (``group_size`` even) packed for the float-activation kernel."""
+    return pack_int4(*int4_values(weight, group_size), group_size)
 
 
 def quantized_linear(
@@ -252,50 +281,3 @@ def quantized_linear(
     return ext.int4_linear(
         x, weight.q, weight.scale, weight.minimum, weight.group_size, bias, weight.out_features, level
     )
-
-
-class QuantLinear(torch.nn.Module):
-    """A drop-in replacement for ``nn.Linear`` (inference only) with int8 or int4 weights.
-
-    Build one with :meth:`from_linear`, or from a packed weight. The packed tensors are buffers,
-    so they follow ``state_dict``; the bias, if any, is kept in float32.
-    """
-
-    def __init__(self, weight: Int8Weight | Int4Weight, bias: torch.Tensor | None = None) -> None:
-        super().__init__()
-        self.in_features = weight.in_features
-        self.out_features = weight.out_features
-        self.bits = 8 if isinstance(weight, Int8Weight) else 4
-        self.group_size = getattr(weight, "group_size", None)
-        self.register_buffer("q", weight.q)
-        self.register_buffer("scale", weight.scale)
-        self.register_buffer("minimum", getattr(weight, "minimum", None))
-        self.register_buffer("bias", None if bias is None else bias.detach().float().contiguous())
-        # Shape only, no storage (a plain attribute, so ``.to()`` and ``state_dict`` skip it): code
-        # that asks a layer for its size (a head's vocabulary: ``weight.shape[0]``) keeps working.
-        self.weight = torch.empty((self.out_features, self.in_features), device="meta")
-
-    @classmethod
-    def from_linear(cls, linear: torch.nn.Linear, bits: int = 8, group_size: int = 128) -> QuantLinear:
-        """Quantizes ``linear``'s weight: ``bits`` 8 (per channel) or 4 (groups of ``group_size``)."""
-        if bits == 8:
-            weight = quantize_int8(linear.weight)
-        elif bits == 4:
-            weight = quantize_int4(linear.weight, group_size)
-        else:
-            raise ValueError(f"bits must be 8 or 4, not {bits}")
-        return cls(weight, linear.bias)
-
-    @property
-    def packed(self) -> Int8Weight | Int4Weight:
-        """The packed weight, as :func:`quantized_linear` takes it (``weight`` is its shape only)."""
-        if self.bits == 8:
-            return Int8Weight(self.q, self.scale, self.out_features, self.in_features)
-        return Int4Weight(self.q, self.scale, self.minimum, self.group_size, self.out_features, self.in_features)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return quantized_linear(x, self.packed, self.bias)
-
-    def extra_repr(self) -> str:
-        group = f", group_size={self.group_size}" if self.bits == 4 else ""
-        return f"in_features={self.in_features}, out_features={self.out_features}, bits={self.bits}{group}"
