@@ -35,6 +35,8 @@
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
+#include "common.h"
+
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -388,14 +390,7 @@ torch::Tensor run(const torch::Tensor& x, const Weights& w, int64_t blocks_n, co
       const int64_t nb = std::min(kTileBlocks, blocks_n - b0);
       for (const auto& [r0, mr] : splits) blocks(isa, Rows{xip + r0 * K, yp + r0 * ldy, ldy}, mr, w, b0, nb);
       // Epilogue, the same scalar operations on every path: (int8) * scale, then + bias.
-      const int64_t n0 = b0 * kBlock, n1 = std::min(n_out, (b0 + nb) * kBlock);
-      for (int64_t m = 0; m < M; ++m) {
-        float* row = yp + m * ldy;
-        if (col_scale)
-          for (int64_t n = n0; n < n1; ++n) row[n] = row[n] * col_scale[n];
-        if (bp)
-          for (int64_t n = n0; n < n1; ++n) row[n] = row[n] + bp[n];
-      }
+      specdec_common::epilogue(yp, ldy, M, b0 * kBlock, std::min(n_out, (b0 + nb) * kBlock), col_scale, bp);
     }
   });
   return y;
@@ -412,27 +407,8 @@ Isa checked_isa(int64_t isa) {
   return static_cast<Isa>(isa);
 }
 
-// x [..., K] float32 or bfloat16 -> the same leading shape, [..., n_out], in x's dtype.
-torch::Tensor finish(const torch::Tensor& x, torch::Tensor y, int64_t n_out) {
-  if (y.size(1) != n_out) y = y.narrow(1, 0, n_out).contiguous();
-  auto shape = x.sizes().vec();
-  shape.back() = n_out;
-  return y.view(shape).to(x.scalar_type());
-}
 
-torch::Tensor as_rows(const torch::Tensor& x, int64_t K) {
-  TORCH_CHECK(x.device().is_cpu(), "qlinear: x must be on the CPU");
-  TORCH_CHECK(x.scalar_type() == torch::kFloat32 || x.scalar_type() == torch::kBFloat16,
-              "qlinear: x must be float32 or bfloat16, got ", x.scalar_type());
-  TORCH_CHECK(x.dim() >= 1 && x.size(-1) == K, "qlinear: x's last dimension must be ", K);
-  return x.reshape({-1, K}).to(torch::kFloat32).contiguous();  // bf16 -> fp32 is exact
-}
 
-void check_bias(const c10::optional<torch::Tensor>& bias, int64_t n_out) {
-  if (bias.has_value())
-    TORCH_CHECK(bias->scalar_type() == torch::kFloat32 && bias->is_contiguous() && bias->numel() == n_out,
-                "qlinear: bias must be a contiguous float32 tensor of ", n_out, " elements");
-}
 
 // q: int8 [Nb, K, 16]; scale: float32 [Nb * 16]; bias: float32 [n_out] or None.
 torch::Tensor int8_linear(const torch::Tensor& x, const torch::Tensor& q, const torch::Tensor& scale,
@@ -443,10 +419,10 @@ torch::Tensor int8_linear(const torch::Tensor& x, const torch::Tensor& q, const 
   TORCH_CHECK(scale.scalar_type() == torch::kFloat32 && scale.is_contiguous() && scale.numel() == blocks_n * kBlock,
               "qlinear: int8 scale must be a contiguous float32 tensor of ", blocks_n * kBlock, " elements");
   TORCH_CHECK(n_out > (blocks_n - 1) * kBlock && n_out <= blocks_n * kBlock, "qlinear: bad n_out ", n_out);
-  check_bias(bias, n_out);
-  const auto rows = as_rows(x, K);
+  specdec_common::check_bias(bias, n_out, "qlinear");
+  const auto rows = specdec_common::as_rows(x, K, "qlinear");
   const Weights w{false, static_cast<const uint8_t*>(q.data_ptr()), K, scale.data_ptr<float>(), nullptr, K, std::max<int64_t>(K, 1), 1};
-  return finish(x, run(rows, w, blocks_n, bias, n_out, checked_isa(isa)), n_out);
+  return specdec_common::finish(x, run(rows, w, blocks_n, bias, n_out, checked_isa(isa)), n_out);
 }
 
 // q: uint8 [Nb, ceil(K / 2), 16] (two nibbles a byte), K = x's last dimension;
@@ -465,11 +441,11 @@ torch::Tensor int4_linear(const torch::Tensor& x, const torch::Tensor& q, const 
                     t->sizes() == torch::IntArrayRef({blocks_n, groups, kBlock}),
                 "qlinear: int4 scale and minimum must be contiguous float32 [", blocks_n, ", ", groups, ", 16]");
   TORCH_CHECK(n_out > (blocks_n - 1) * kBlock && n_out <= blocks_n * kBlock, "qlinear: bad n_out ", n_out);
-  check_bias(bias, n_out);
-  const auto rows = as_rows(x, K);
+  specdec_common::check_bias(bias, n_out, "qlinear");
+  const auto rows = specdec_common::as_rows(x, K, "qlinear");
   const Weights w{true, q.data_ptr<uint8_t>(), q.size(1), scale.data_ptr<float>(), minimum.data_ptr<float>(), K, group,
                   groups};
-  return finish(x, run(rows, w, blocks_n, bias, n_out, checked_isa(isa)), n_out);
+  return specdec_common::finish(x, run(rows, w, blocks_n, bias, n_out, checked_isa(isa)), n_out);
 }
 
 }  // namespace

@@ -71,7 +71,7 @@ def kernel_cache_dir() -> Path:
     """The folder the compiled extension is cached in (one sub-folder per source/torch hash)."""
     root = os.environ.get("SPECDEC_KERNEL_CACHE") or Path.home() / ".cache" / "specdec" / "kernels"
     key = hashlib.sha256()
-    parts = [source.read_bytes() for source in _SOURCES]
+    parts = [source.read_bytes() for source in (*_SOURCES, _SOURCES[0].with_name("common.h"))]
     for part in (*parts, " ".join(_CFLAGS).encode(), torch.__version__.encode(), sys.version.encode()):
         key.update(part)
     return Path(root) / key.hexdigest()[:16]
@@ -195,13 +195,18 @@ class Int4Weight:
 
     def dequantize(self) -> torch.Tensor:
         """The weight the kernel multiplies by, float32 [N, K] (fma computed exactly in float64)."""
-        q, scale, minimum = self.values()
-        k = self.in_features
+        return dequantize_int4(*self.values(), self.group_size)
 
-        def per_input(t: torch.Tensor) -> torch.Tensor:
-            return t.repeat_interleave(self.group_size, dim=1)[:, :k].double()
 
-        return (q.double() * per_input(scale) + per_input(minimum)).float()
+def dequantize_int4(q: torch.Tensor, scale: torch.Tensor, minimum: torch.Tensor, group_size: int) -> torch.Tensor:
+    """fma(q, scale, minimum) per group, float32 [N, K] (exact: computed in float64, one rounding):
+    q [N, K] 0..15, scale and minimum [N, ceil(K / group_size)]."""
+    k = q.shape[1]
+
+    def per_input(t: torch.Tensor) -> torch.Tensor:
+        return t.repeat_interleave(group_size, dim=1)[:, :k].double()
+
+    return (q.double() * per_input(scale) + per_input(minimum)).float()
 
 
 def pack_int8(q: torch.Tensor, scale: torch.Tensor) -> Int8Weight:

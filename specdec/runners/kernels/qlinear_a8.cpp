@@ -32,6 +32,8 @@
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
+#include "common.h"
+
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -421,14 +423,7 @@ torch::Tensor run(const torch::Tensor& x, const Weights& w, int64_t blocks_n, co
     for (int64_t tile = tile_begin; tile < tile_end; ++tile) {
       const int64_t b0 = tile * kTileBlocks;
       for (const auto& [r0, mr] : splits) run_tile(isa, rows, r0, mr, w, b0, yp, ldy);
-      const int64_t n0 = b0 * kBlock, n1 = std::min(n_out, (b0 + kTileBlocks) * kBlock);
-      for (int64_t m = 0; m < M; ++m) {
-        float* row = yp + m * ldy;
-        if (col_scale)
-          for (int64_t n = n0; n < n1; ++n) row[n] = row[n] * col_scale[n];
-        if (bp)
-          for (int64_t n = n0; n < n1; ++n) row[n] = row[n] + bp[n];
-      }
+      specdec_common::epilogue(yp, ldy, M, b0 * kBlock, std::min(n_out, (b0 + kTileBlocks) * kBlock), col_scale, bp);
     }
   });
   return y;
@@ -440,28 +435,13 @@ Isa checked_isa(int64_t isa) {
   return static_cast<Isa>(std::min<int64_t>(isa, best_isa()));
 }
 
-torch::Tensor as_rows(const torch::Tensor& x, int64_t K) {
-  TORCH_CHECK(x.device().is_cpu(), "qlinear_a8: x must be on the CPU");
-  TORCH_CHECK(x.scalar_type() == torch::kFloat32 || x.scalar_type() == torch::kBFloat16,
-              "qlinear_a8: x must be float32 or bfloat16, got ", x.scalar_type());
-  TORCH_CHECK(x.dim() >= 1 && x.size(-1) == K, "qlinear_a8: x's last dimension must be ", K);
-  return x.reshape({-1, K}).to(torch::kFloat32).contiguous();
-}
 
-torch::Tensor finish(const torch::Tensor& x, torch::Tensor y, int64_t n_out) {
-  if (y.size(1) != n_out) y = y.narrow(1, 0, n_out).contiguous();
-  auto shape = x.sizes().vec();
-  shape.back() = n_out;
-  return y.view(shape).to(x.scalar_type());
-}
 
 void check_common(const torch::Tensor& q, int64_t blocks_n, const c10::optional<torch::Tensor>& bias, int64_t n_out) {
   TORCH_CHECK(q.dim() == 5 && q.size(2) == kTileBlocks && q.size(3) == kBlock && q.size(4) == 4 && q.is_contiguous(),
               "qlinear_a8: weights must be a contiguous [N/64, steps, 4, 16, 4] tensor");
   TORCH_CHECK(n_out > (blocks_n - kTileBlocks) * kBlock && n_out <= blocks_n * kBlock, "qlinear_a8: bad n_out ", n_out);
-  if (bias.has_value())
-    TORCH_CHECK(bias->scalar_type() == torch::kFloat32 && bias->is_contiguous() && bias->numel() == n_out,
-                "qlinear_a8: bias must be a contiguous float32 tensor of ", n_out, " elements");
+  specdec_common::check_bias(bias, n_out, "qlinear_a8");
 }
 
 }  // namespace
@@ -477,11 +457,11 @@ torch::Tensor int8a8_linear(const torch::Tensor& x, const torch::Tensor& q, cons
   TORCH_CHECK(group >= 4 && group % 4 == 0, "qlinear_a8: int8 activation block must be a positive multiple of 4");
   TORCH_CHECK(scale.scalar_type() == torch::kFloat32 && scale.is_contiguous() && scale.numel() == blocks_n * kBlock,
               "qlinear_a8: int8 scale must be a contiguous float32 tensor of ", blocks_n * kBlock, " elements");
-  const auto rows = as_rows(x, K);
+  const auto rows = specdec_common::as_rows(x, K, "qlinear_a8");
   const int64_t groups = std::max<int64_t>(1, (K + group - 1) / group);
   const Weights w{false, static_cast<const uint8_t*>(q.data_ptr()), q.size(1), scale.data_ptr<float>(), nullptr, group,
                   groups};
-  return finish(x, run(rows, w, blocks_n, bias, n_out, checked_isa(isa)), n_out);
+  return specdec_common::finish(x, run(rows, w, blocks_n, bias, n_out, checked_isa(isa)), n_out);
 }
 
 // q: uint8 [N64 / 64, ceil(K / 8), 4, 16, 4] (two nibbles a byte); scale, minimum float32
@@ -500,10 +480,10 @@ torch::Tensor int4a8_linear(const torch::Tensor& x, const torch::Tensor& q, cons
     TORCH_CHECK(t->scalar_type() == torch::kFloat32 && t->is_contiguous() &&
                     t->sizes() == torch::IntArrayRef({q.size(0), groups, kTileBlocks, kBlock}),
                 "qlinear_a8: int4 scale and minimum must be contiguous float32 [", q.size(0), ", ", groups, ", 4, 16]");
-  const auto rows = as_rows(x, K);
+  const auto rows = specdec_common::as_rows(x, K, "qlinear_a8");
   const Weights w{true, q.data_ptr<uint8_t>(), q.size(1), scale.data_ptr<float>(), minimum.data_ptr<float>(), group,
                   groups};
-  return finish(x, run(rows, w, blocks_n, bias, n_out, checked_isa(isa)), n_out);
+  return specdec_common::finish(x, run(rows, w, blocks_n, bias, n_out, checked_isa(isa)), n_out);
 }
 
 int64_t best_isa_a8() { return static_cast<int64_t>(best_isa()); }

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from specdec.runners.kernels.qlinear import ISAS, default_isa, extension
+from specdec.runners.kernels.qlinear import ISAS, default_isa, dequantize_int4, extension
 
 #: Activation block (inputs sharing one scale) for int8 weights; int4 weights use their group size.
 INT8_ACTIVATION_BLOCK = 128
@@ -115,13 +115,7 @@ class Int4A8Weight:
 
     def dequantize(self) -> torch.Tensor:
         """The weight the activations are multiplied by, float32 [N, K] (fma exact in float64)."""
-        q, scale, minimum = self.values()
-        k = self.in_features
-
-        def per_input(t: torch.Tensor) -> torch.Tensor:
-            return t.repeat_interleave(self.group_size, dim=1)[:, :k].double()
-
-        return (q.double() * per_input(scale) + per_input(minimum)).float()
+        return dequantize_int4(*self.values(), self.group_size)
 
 
 def pack_int8_a8(q: torch.Tensor, scale: torch.Tensor, group_size: int = INT8_ACTIVATION_BLOCK) -> Int8A8Weight:
