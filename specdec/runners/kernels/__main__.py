@@ -18,8 +18,9 @@ def main() -> int:
     except KernelBuildError as error:
         print(f"specdec: {error}", file=sys.stderr)
         return error.exit_code
+    a8 = ("avx512 VNNI", "avx2", "scalar")[2 - min(extension().best_isa_a8(), len(isas) - 1)]
     print(f"quantized CPU kernels ready in {kernel_cache_dir()} ({time.perf_counter() - started:.1f} s); "
-          f"paths this CPU runs: {', '.join(isas)} (default {isas[-1]})")
+          f"paths this CPU runs: {', '.join(isas)} (default {isas[-1]}; w8a8 / w4a8 on {a8})")
     return 0
 
 

@@ -25,7 +25,7 @@ the input's dtype.
 Build: ``torch.utils.cpp_extension.load`` with the system C++ compiler (``$CXX`` or ``c++``) and
 ``ninja`` (torch's JIT builder runs it), once, on first use or ahead of time with
 ``python -m specdec.runners.kernels``; cached in ``$SPECDEC_KERNEL_CACHE`` (default ``~/.cache/specdec/kernels``) under a hash of the
-source, the flags, and the torch and Python versions; a later process loads it in 0.2 s.
+sources, their folder, the flags, and the torch and Python versions; a later process loads it in 0.2 s.
 
 Instruction-set path: the best of AVX-512 / AVX2 + FMA / scalar that both this CPU (cpuid) and
 torch (``torch.backends.cpu.get_cpu_capability()``, which honours ``ATEN_CPU_CAPABILITY``) allow;
@@ -68,11 +68,15 @@ class KernelBuildError(SpecdecError):
 
 
 def kernel_cache_dir() -> Path:
-    """The folder the compiled extension is cached in (one sub-folder per source/torch hash)."""
+    """The folder the compiled extension is cached in (one sub-folder per source, checkout folder,
+    flags and torch / Python version)."""
     root = os.environ.get("SPECDEC_KERNEL_CACHE") or Path.home() / ".cache" / "specdec" / "kernels"
     key = hashlib.sha256()
     parts = [source.read_bytes() for source in (*_SOURCES, _SOURCES[0].with_name("common.h"))]
-    for part in (*parts, " ".join(_CFLAGS).encode(), torch.__version__.encode(), sys.version.encode()):
+    # The folder too: torch's builder writes the sources' absolute paths into the build file, so
+    # two checkouts sharing one folder rebuilt it on each switch (and raced each other).
+    where = str(_SOURCES[0].parent.resolve()).encode()
+    for part in (*parts, where, " ".join(_CFLAGS).encode(), torch.__version__.encode(), sys.version.encode()):
         key.update(part)
     return Path(root) / key.hexdigest()[:16]
 
