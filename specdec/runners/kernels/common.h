@@ -5,6 +5,8 @@
 #include <torch/extension.h>
 
 #include <cstdint>
+#include <utility>
+#include <vector>
 
 namespace specdec_common {
 
@@ -41,6 +43,19 @@ inline void epilogue(float* y, int64_t ldy, int64_t M, int64_t n0, int64_t n1, c
     if (bias)
       for (int64_t n = n0; n < n1; ++n) row[n] = row[n] + bias[n];
   }
+}
+
+// M rows cut into near-equal blocks of at most `limit` rows: (first row, rows). Any cut gives the
+// same bits (each row is computed on its own); near-equal keeps the last pass from being tiny.
+inline std::vector<std::pair<int64_t, int>> row_splits(int64_t M, int limit) {
+  const int64_t blocks = (M + limit - 1) / limit;
+  std::vector<std::pair<int64_t, int>> splits;
+  for (int64_t rb = 0, r0 = 0; rb < blocks; ++rb) {
+    const int mr = static_cast<int>((M - r0) / (blocks - rb));
+    splits.emplace_back(r0, mr);
+    r0 += mr;
+  }
+  return splits;
 }
 
 }  // namespace specdec_common

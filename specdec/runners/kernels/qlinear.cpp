@@ -370,18 +370,13 @@ torch::Tensor run(const torch::Tensor& x, const Weights& w, int64_t blocks_n, co
 
   // Row blocks of near-equal size, each at most the path's limit (any split gives the same bits),
   // with their inputs interleaved by k: block (r0, mr) at xi[r0 * K ...] as [K][mr].
-  const int64_t row_blocks = (M + max_rows(isa) - 1) / max_rows(isa);
-  std::vector<std::pair<int64_t, int>> splits;
+  const auto splits = specdec_common::row_splits(M, max_rows(isa));
   auto xi = torch::empty({M * K}, x.options());
   const float* xp = x.data_ptr<float>();
   float* xip = xi.data_ptr<float>();
-  for (int64_t rb = 0, r0 = 0; rb < row_blocks; ++rb) {
-    const int mr = static_cast<int>((M - r0) / (row_blocks - rb));
+  for (const auto& [r0, mr] : splits)
     for (int64_t k = 0; k < K; ++k)
       for (int r = 0; r < mr; ++r) xip[r0 * K + k * mr + r] = xp[(r0 + r) * K + k];
-    splits.emplace_back(r0, mr);
-    r0 += mr;
-  }
 
   const int64_t tiles = (blocks_n + kTileBlocks - 1) / kTileBlocks;
   at::parallel_for(0, tiles, 1, [&](int64_t tile_begin, int64_t tile_end) {

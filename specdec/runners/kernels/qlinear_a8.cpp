@@ -410,14 +410,7 @@ torch::Tensor run(const torch::Tensor& x, const Weights& w, int64_t blocks_n, co
   float* yp = y.data_ptr<float>();
   const float* bp = bias.has_value() ? bias->data_ptr<float>() : nullptr;
   const float* col_scale = w.int4 ? nullptr : w.scale;
-  const int limit = max_rows(isa);
-  const int64_t row_blocks = (M + limit - 1) / limit;
-  std::vector<std::pair<int64_t, int>> splits;  // near-equal row blocks (any split gives the same bits)
-  for (int64_t rb = 0, r0 = 0; rb < row_blocks; ++rb) {
-    const int mr = static_cast<int>((M - r0) / (row_blocks - rb));
-    splits.emplace_back(r0, mr);
-    r0 += mr;
-  }
+  const auto splits = specdec_common::row_splits(M, max_rows(isa));
   const int64_t tiles = (blocks_n + kTileBlocks - 1) / kTileBlocks;
   at::parallel_for(0, tiles, 1, [&](int64_t tile_begin, int64_t tile_end) {
     for (int64_t tile = tile_begin; tile < tile_end; ++tile) {
